@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fleet-exporter demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Browser tests use Playwright's sync API, which cannot share a process with
+# pytest-asyncio tests, so they run in a second pytest invocation.
+test: $(STAMP) lint
+	$(BIN)/pytest -q -m 'not browser' -p no:cacheprovider
+	$(BIN)/pytest -q -m browser -p no:cacheprovider tests/browser
+
+bench: $(STAMP)
+	$(BIN)/fleet-exporter bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info
