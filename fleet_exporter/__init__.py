@@ -1,0 +1,3 @@
+"""fleet-exporter: Longhorn storage across a fleet of Kubernetes clusters, for Prometheus."""
+
+__version__ = "0.1.0"

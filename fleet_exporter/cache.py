@@ -1,0 +1,108 @@
+"""Per-cluster refresh results with single flight, on top of cachetools.
+
+cachetools has no asyncio support, so the single flight is ours: one task per cluster
+refreshes while every concurrent probe of that cluster awaits the same task through
+``asyncio.shield``. A probe whose deadline passes stops waiting, but the refresh goes on and
+fills the cache for the next scrape. Two ``TLRUCache``s hold the results with per-entry
+lifetimes (each cluster has its own TTL and staleness bound):
+
+- ``fresh``: the latest result, successful or not, served as is until its ``ttl`` ends;
+- ``good``: the latest successful result, which a probe that ran out of time may serve
+  until ``max_staleness`` after it was taken.
+
+All access happens on the event loop thread, so no lock is needed (cachetools' classes are
+not thread-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeVar
+
+from cachetools import TLRUCache
+
+log = logging.getLogger(__name__)
+
+
+class Cacheable(Protocol):
+    ok: bool
+    ttl: float
+    max_staleness: float
+
+
+V = TypeVar("V", bound=Cacheable)
+Source = Literal["hit", "miss", "stale", "timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup(Generic[V]):
+    """What a probe gets: the value to serve (None only for "timeout") and how."""
+
+    value: V | None
+    source: Source
+
+
+class RefreshCache(Generic[V]):
+    """Keys are configured cluster names only (the HTTP layer rejects others) and removed
+    clusters are forgotten on reload, so ``maxsize`` is just a backstop."""
+
+    def __init__(self, maxsize: int = 10_000, timer: Callable[[], float] = time.monotonic):
+        self._fresh: TLRUCache[str, V] = TLRUCache(
+            maxsize, ttu=lambda _k, v, now: now + v.ttl, timer=timer
+        )
+        self._good: TLRUCache[str, V] = TLRUCache(
+            maxsize, ttu=lambda _k, v, now: now + v.max_staleness, timer=timer
+        )
+        self._inflight: dict[str, asyncio.Task[V]] = {}
+
+    async def get(self, key: str, refresh: Callable[[], Awaitable[V]], wait: float) -> Lookup[V]:
+        """The cached value for ``key``, or the result of a refresh that finishes within
+        ``wait`` seconds, or the last good value, in that order of preference."""
+        value = self._fresh.get(key)
+        if value is not None:
+            return Lookup(value, "hit")
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._run(key, refresh), name=f"refresh:{key}")
+            self._inflight[key] = task
+        try:
+            return Lookup(await asyncio.wait_for(asyncio.shield(task), max(wait, 0)), "miss")
+        except TimeoutError:
+            good = self._good.get(key)
+            return Lookup(good, "stale") if good is not None else Lookup(None, "timeout")
+
+    async def _run(self, key: str, refresh: Callable[[], Awaitable[V]]) -> V:
+        try:
+            value = await refresh()
+            self._fresh[key] = value
+            if value.ok:
+                self._good[key] = value
+            return value
+        finally:
+            self._inflight.pop(key, None)
+
+    def last_good(self, key: str) -> V | None:
+        return self._good.get(key)
+
+    def latest(self, key: str) -> V | None:
+        return self._fresh.get(key)
+
+    def refreshing(self, key: str) -> bool:
+        return key in self._inflight
+
+    def forget(self, key: str) -> None:
+        """Drop everything about ``key`` (cluster removed or its kubeconfig changed). A
+        refresh still running finishes but its result is not kept beyond its own TTL."""
+        self._fresh.pop(key, None)
+        self._good.pop(key, None)
+
+    async def close(self) -> None:
+        """Cancel refreshes still running (shutdown)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,189 @@
+"""The configured clusters at run time: credentials, caches and probe history.
+
+Loading and reloading live here. A reload re-reads the clusters directory and changes only
+what changed: new clusters are loaded, removed ones forgotten, clusters whose kubeconfig or
+settings changed get fresh credentials and an empty cache, and the rest keep their cache.
+A reload that fails (bad fleet.yaml) keeps the running configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from .cache import Lookup, RefreshCache
+from .config import ClusterConfig, ConfigError, FleetConfig, load_fleet
+from .credentials import Credentials, CredentialsError, check_permissions, load_credentials
+from .history import History
+from .kube import Call, new_session
+from .longhorn import SnapshotChurn
+from .probe import Refresh, refresh_cluster
+from .selfmetrics import SelfMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class ClusterRuntime:
+    config: ClusterConfig
+    fingerprint: str
+    credentials: Credentials | None = None
+    load_error: str | None = None
+    churn: SnapshotChurn = field(default_factory=SnapshotChurn)
+    errors_total: Counter[str] = field(default_factory=Counter)
+    history: History = field(default_factory=lambda: History(20))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]
+    broken: dict[str, str]
+
+
+def _fingerprint(cfg: ClusterConfig) -> str:
+    """Changes when the kubeconfig's bytes or the cluster's settings change."""
+    h = hashlib.sha256(repr((cfg.settings, sorted(cfg.labels.items()))).encode())
+    try:
+        h.update(cfg.kubeconfig.read_bytes())
+    except OSError as e:
+        h.update(f"unreadable:{e.errno}".encode())
+    return h.hexdigest()
+
+
+class Fleet:
+    def __init__(self, directory: Path, metrics: SelfMetrics | None = None):
+        self.directory = Path(directory)
+        self.metrics = metrics or SelfMetrics()
+        self.clusters: dict[str, ClusterRuntime] = {}
+        self.config: FleetConfig | None = None
+        self.cache: RefreshCache[Refresh] = RefreshCache()
+        self.session: aiohttp.ClientSession | None = None
+        self.ready = False
+        self.last_reload_error: str | None = None
+        self._reload_lock = asyncio.Lock()
+        self._refresh_limit: asyncio.Semaphore | None = None
+
+    async def start(self) -> ReloadResult:
+        """Open the HTTP session and load the clusters. Raises ConfigError when the
+        directory or fleet.yaml is unusable (a broken kubeconfig is not such an error)."""
+        self.session = new_session()
+        result = await self.reload()
+        self.ready = True
+        return result
+
+    async def close(self) -> None:
+        await self.cache.close()
+        if self.session is not None:
+            await self.session.close()
+
+    async def reload(self) -> ReloadResult:
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(load_fleet, self.directory)
+            except ConfigError as e:
+                self.last_reload_error = str(e)
+                self.metrics.reload_ok.set(0)
+                log.error("reload failed, keeping the running configuration: %s", e)
+                raise
+            result = await self._apply(config)
+            self.last_reload_error = None
+            self.metrics.reload_ok.set(1)
+            self.metrics.reload_time.set(time.time())
+            return result
+
+    async def _apply(self, config: FleetConfig) -> ReloadResult:
+        old = self.clusters
+        new: dict[str, ClusterRuntime] = {}
+        added, changed, unchanged = [], [], []
+        for name, cfg in config.clusters.items():
+            fp = await asyncio.to_thread(_fingerprint, cfg)
+            prev = old.get(name)
+            if prev is not None and prev.fingerprint == fp:
+                new[name] = prev
+                unchanged.append(name)
+                continue
+            rt = ClusterRuntime(cfg, fp, history=History(config.server.history_limit))
+            if prev is not None:
+                # Counters and churn baselines carry over; cached data does not.
+                rt.churn, rt.errors_total, rt.history = prev.churn, prev.errors_total, prev.history
+                self.cache.forget(name)
+                changed.append(name)
+            else:
+                added.append(name)
+            await self._load_credentials(rt)
+            new[name] = rt
+        removed = [name for name in old if name not in new]
+        for name in removed:
+            self.cache.forget(name)
+        for filename, reason in config.rejected.items():
+            log.error("ignoring %s in %s: %s", filename, config.directory, reason)
+        limit = config.server.max_concurrent_refreshes
+        if self.config is None or self.config.server.max_concurrent_refreshes != limit:
+            self._refresh_limit = asyncio.Semaphore(limit)
+        self.clusters, self.config = new, config
+        broken = {n: rt.load_error for n, rt in new.items() if rt.load_error is not None}
+        self.metrics.set_clusters({n: rt.credentials is not None for n, rt in new.items()}, removed)
+        log.info(
+            "clusters loaded: %d configured (%d added, %d changed, %d removed), %d broken",
+            len(new),
+            len(added),
+            len(changed),
+            len(removed),
+            len(broken),
+        )
+        return ReloadResult(added, removed, changed, unchanged, broken)
+
+    async def _load_credentials(self, rt: ClusterRuntime) -> None:
+        path = rt.config.kubeconfig
+        warning = await asyncio.to_thread(check_permissions, path)
+        if warning:
+            log.warning("cluster %s: %s", rt.name, warning)
+        try:
+            rt.credentials = await load_credentials(
+                path, exec_timeout=rt.config.settings.exec_timeout
+            )
+        except CredentialsError as e:
+            rt.load_error = f"kubeconfig {path.name}: {e}"
+            log.error("cluster %s: %s", rt.name, rt.load_error)
+
+    async def lookup(self, rt: ClusterRuntime, wait: float) -> Lookup[Refresh]:
+        """Data for one probe: cached, refreshed within ``wait`` seconds, or stale."""
+        lookup = await self.cache.get(rt.name, lambda: self._refresh(rt), wait)
+        if lookup.source != "timeout":
+            self.metrics.cache_requests.labels(rt.name, lookup.source).inc()
+        return lookup
+
+    async def _refresh(self, rt: ClusterRuntime) -> Refresh:
+        assert self.session is not None
+        assert self._refresh_limit is not None
+        async with self._refresh_limit:
+            self.metrics.refreshes_in_flight.inc()
+            try:
+                result = await refresh_cluster(rt, self.session, self._count_call)
+            finally:
+                self.metrics.refreshes_in_flight.dec()
+        if self.clusters.get(rt.name) is rt:  # not removed or replaced meanwhile
+            self.metrics.refresh_duration.labels(rt.name).observe(result.duration)
+            if result.ok:
+                self.metrics.last_refresh_success.labels(rt.name).set(result.finished_at)
+        if result.error:
+            log.warning("cluster %s: %s", rt.name, result.error)
+        return result
+
+    def _count_call(self, cluster: str, call: Call) -> None:
+        if cluster in self.clusters:
+            self.metrics.upstream_requests.labels(cluster, call.resource, call.code).inc()

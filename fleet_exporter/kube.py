@@ -1,0 +1,220 @@
+"""GET requests to one cluster's Kubernetes API, done with aiohttp.
+
+We do not use the ``kubernetes`` package's client for the calls: it has no body cap, its
+timeouts default to none, and its async flavour decodes everything into dicts. Here each
+request gets a timeout carved out of the refresh's deadline, a byte cap that holds even
+for gzip bombs (aiohttp hands us decompressed chunks), and an error class that the metrics
+and the debug output can name precisely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import aiohttp
+
+from . import __version__
+from .config import Settings
+from .credentials import Credentials, CredentialsError, redact
+
+LONGHORN_API = "/apis/longhorn.io/v1beta2"
+USER_AGENT = f"fleet-exporter/{__version__}"
+# Statuses worth one more try: the server said "later" or the request never got an answer.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 3
+BACKOFF = 0.2  # seconds before the 2nd attempt, doubled for the 3rd
+
+
+class UpstreamError(Exception):
+    """One failed API call. ``code`` is an HTTP status or an error class, for metrics."""
+
+    def __init__(self, code: str, message: str, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One upstream request, as the debug output and the self-metrics report it."""
+
+    resource: str
+    page: int
+    code: str  # "200", "403", "timeout", ...
+    seconds: float
+    bytes: int
+    error: str | None = None
+
+
+def new_session(limit: int = 256) -> aiohttp.ClientSession:
+    """The one shared session. Per-request ``ssl``/``server_hostname`` keep clusters apart:
+    aiohttp pools connections by (host, port, ssl context, server_hostname, proxy)."""
+    connector = aiohttp.TCPConnector(
+        limit=limit,
+        # Longer than a scrape interval, so each probe reuses its TLS connections.
+        keepalive_timeout=120,
+        ttl_dns_cache=60,
+        enable_cleanup_closed=True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # The kubeconfig's proxy-url decides; HTTPS_PROXY in our environment does not.
+        trust_env=False,
+        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+    )
+
+
+class KubeClient:
+    """Lists Longhorn resources of one cluster, one page per call."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        credentials: Credentials,
+        settings: Settings,
+        on_call: Callable[[Call], None] = lambda call: None,
+    ):
+        self.session = session
+        self.credentials = credentials
+        self.settings = settings
+        self.on_call = on_call
+        base = credentials.endpoint.server.rstrip("/")
+        self._base = f"{base}{LONGHORN_API}/namespaces/{quote(settings.namespace, safe='')}/"
+
+    async def list_page(
+        self, resource: str, continue_token: str, deadline: float, page: int = 1
+    ) -> bytearray:
+        """The body of one list page. Raises UpstreamError; never waits past ``deadline``
+        (a ``time.monotonic()`` value)."""
+        params = {"limit": str(self.settings.page_size)}
+        if continue_token:
+            params["continue"] = continue_token
+        url = self._base + resource
+        reloaded = False
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            size = 0
+            try:
+                body = await self._get(url, params, deadline)
+                size = len(body)
+            except UpstreamError as e:
+                self.on_call(Call(resource, page, e.code, time.monotonic() - started, size, str(e)))
+                if e.status == 401 and not reloaded:
+                    # Rotated token file, expired OIDC token, replaced Secret: re-read once.
+                    reloaded = True
+                    try:
+                        await self.credentials.reload()
+                    except CredentialsError as ce:
+                        raise UpstreamError(
+                            "auth", f"401 Unauthorized; reload failed: {ce}", 401
+                        ) from None
+                    continue
+                retryable = e.status in RETRY_STATUSES or e.code in ("reset", "connect")
+                pause = BACKOFF * 2 ** (attempt - 1)
+                if (
+                    retryable
+                    and attempt < MAX_ATTEMPTS
+                    and time.monotonic() + pause < deadline - 0.5
+                ):
+                    await asyncio.sleep(pause)
+                    continue
+                raise
+            self.on_call(Call(resource, page, "200", time.monotonic() - started, size))
+            return body
+
+    async def _get(self, url: str, params: dict[str, str], deadline: float) -> bytearray:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamError("timeout", "no time left before the deadline")
+        s = self.settings
+        timeout = aiohttp.ClientTimeout(
+            total=min(remaining, s.request_timeout),
+            sock_connect=min(remaining, s.connect_timeout),
+        )
+        endpoint = self.credentials.endpoint
+        try:
+            auth = await self.credentials.authorization()
+        except CredentialsError as e:
+            raise UpstreamError("auth", str(e)) from None
+        headers = {"Authorization": auth} if auth else {}
+        try:
+            async with self.session.get(
+                url,
+                params=params,
+                headers=headers,
+                timeout=timeout,
+                ssl=endpoint.ssl,
+                server_hostname=endpoint.server_hostname,
+                proxy=endpoint.proxy,
+            ) as resp:
+                if resp.status != 200:
+                    detail = await _status_message(resp)
+                    raise UpstreamError(
+                        str(resp.status), f"HTTP {resp.status}{detail}", resp.status
+                    )
+                ctype = resp.content_type
+                if ctype != "application/json":
+                    raise UpstreamError("invalid", f"unexpected content type {ctype!r}")
+                return await _read_capped(resp, s.max_page_bytes)
+        except UpstreamError:
+            raise
+        except TimeoutError:
+            raise UpstreamError("timeout", f"no answer within {timeout.total:.1f}s") from None
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise UpstreamError("tls", f"TLS certificate rejected: {_reason(e)}") from None
+        except aiohttp.ClientConnectorSSLError as e:
+            raise UpstreamError("tls", f"TLS handshake failed: {_reason(e)}") from None
+        except aiohttp.ClientConnectorDNSError as e:
+            raise UpstreamError("dns", f"cannot resolve host: {_reason(e)}") from None
+        except aiohttp.ClientConnectorError as e:
+            raise UpstreamError("connect", f"cannot connect: {_reason(e)}") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as e:
+            raise UpstreamError("reset", f"connection dropped: {_reason(e)}") from None
+        except aiohttp.ClientError as e:
+            raise UpstreamError("reset", f"request failed: {_reason(e)}") from None
+        except OSError as e:
+            raise UpstreamError("reset", f"request failed: {e.strerror or e}") from None
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytearray:
+    """Read the (decompressed) body, refusing more than ``cap`` bytes. Leaving the
+    ``async with`` on the exception closes the connection instead of reusing it dirty."""
+    if resp.content_length is not None and resp.content_length > cap:
+        raise UpstreamError("body_too_large", f"body of {resp.content_length} bytes exceeds {cap}")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(256 * 1024):
+        body += chunk
+        if len(body) > cap:
+            raise UpstreamError("body_too_large", f"body exceeds the {cap}-byte cap")
+    return body
+
+
+async def _status_message(resp: aiohttp.ClientResponse) -> str:
+    """The ``message`` of a Kubernetes Status body, short and redacted, if there is one."""
+    try:
+        raw = await asyncio.wait_for(resp.content.read(4096), 1.0)
+        text = raw.decode("utf-8", "replace")
+    except (TimeoutError, aiohttp.ClientError):
+        return ""
+    try:
+        message = json.loads(text).get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    message = " ".join(str(message).split())[:200]
+    return f": {redact(message)}" if message else ""
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's text without secrets, on one line."""
+    text = str(e) or type(e).__name__
+    if isinstance(e, aiohttp.ClientConnectorError) and e.os_error is not None:
+        text = f"{e.host}:{e.port}: {e.os_error.strerror or e.os_error}"
+    return redact(" ".join(text.split()))[:300]

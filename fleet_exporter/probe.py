@@ -1,0 +1,314 @@
+"""One refresh of one cluster, and the answer to one probe.
+
+A *refresh* lists every Longhorn resource of a cluster concurrently, page by page, reduces
+each page into small records as it arrives and drops it, then renders the metric families
+once. Every probe served from that refresh reuses the rendered bytes (one rendering per
+format and encoding, made on first use), so an HA pair of Prometheus servers plus
+dashboards does not multiply the work. A *probe* adds a small per-request head
+(``probe_success``, durations, data age) in front of those bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from .kube import Call, KubeClient, UpstreamError
+from .longhorn import CORE_RESOURCES, RESOURCES, ClusterReducer, ClusterState, PageError
+from .metrics import Family, encode, longhorn_families
+
+if TYPE_CHECKING:
+    from .fleet import ClusterRuntime
+
+DEFAULT_TIMEOUT = 120.0  # blackbox_exporter's, when Prometheus sends no scrape timeout
+GZIP_LEVEL = 6  # a third of level 9's time for ~5% more bytes; runs once per refresh
+
+
+def probe_timeout(header: str | None, module_timeout: float, offset: float) -> float:
+    """blackbox_exporter's rule (prober/handler.go getTimeout), case for case.
+
+    The scrape timeout Prometheus sends, less ``offset``; 120 s when absent or 0; capped by
+    the configured ``module_timeout``, which is not reduced by the offset. Raises
+    ValueError for a header that is not a finite number.
+    """
+    base = DEFAULT_TIMEOUT
+    if header is not None and header.strip():
+        base = float(header)
+        if not math.isfinite(base):
+            raise ValueError("not a finite number")
+    if base == 0:
+        base = DEFAULT_TIMEOUT
+    limit = base - offset
+    if 0 < module_timeout < limit or limit < 0:
+        return module_timeout
+    return limit
+
+
+@dataclass(slots=True)
+class ResourceResult:
+    """How listing one resource went in one refresh."""
+
+    ok: bool = False
+    objects: int = 0
+    malformed: int = 0
+    pages: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Refresh:
+    """The outcome of one refresh: what every probe of this cluster serves until ``ttl``
+    passes. ``ok`` means the core lists succeeded, so the data is worth serving."""
+
+    cluster: str
+    ok: bool
+    ttl: float
+    max_staleness: float
+    started_at: float  # wall clock, for people
+    finished_at: float
+    finished_mono: float  # monotonic, for ages
+    error: str | None
+    calls: list[Call]
+    resources: dict[str, ResourceResult]
+    state: ClusterState | None
+    families: list[Family]
+    _bodies: dict[tuple[bool, bool], asyncio.Future[bytes]] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return self.finished_at - self.started_at
+
+    def age(self, now_mono: float | None = None) -> float:
+        return max(0.0, (now_mono or time.monotonic()) - self.finished_mono)
+
+    async def body(self, openmetrics: bool, compressed: bool) -> bytes:
+        """The rendered families (no ``# EOF``), made once per variant and shared. Work
+        runs in a thread: zlib releases the GIL, and the pure-Python encoder is preempted
+        every few ms, so a big cluster's rendering does not stall other probes."""
+        key = (openmetrics, compressed)
+        future = self._bodies.get(key)
+        if future is None:
+            future = asyncio.ensure_future(asyncio.to_thread(self._render, openmetrics, compressed))
+            self._bodies[key] = future
+        return await future
+
+    def _render(self, openmetrics: bool, compressed: bool) -> bytes:
+        text = encode(self.families, self.cluster, openmetrics=openmetrics, eof=False)
+        return gzip.compress(text, GZIP_LEVEL, mtime=0) if compressed else text
+
+
+async def refresh_cluster(
+    rt: ClusterRuntime, session: aiohttp.ClientSession, on_call: Callable[[str, Call], None]
+) -> Refresh:
+    """List everything from one cluster and render it. Never raises for upstream trouble:
+    failures are part of the result, per resource."""
+    settings = rt.config.settings
+    started_at, started = time.time(), time.monotonic()
+    deadline = started + settings.refresh_timeout
+    calls: list[Call] = []
+    resources = {r: ResourceResult() for r in RESOURCES}
+
+    def record(call: Call) -> None:
+        calls.append(call)
+        on_call(rt.name, call)
+
+    def failed(error: str) -> Refresh:
+        for r in resources.values():
+            r.error = r.error or error
+        return _finish(rt, False, error, calls, resources, None, started_at)
+
+    if rt.credentials is None:
+        return failed(rt.load_error or "kubeconfig not loaded")
+
+    client = KubeClient(session, rt.credentials, settings, record)
+    reducer = ClusterReducer()
+    limit = asyncio.Semaphore(settings.concurrency)
+
+    async def list_all(resource: str) -> None:
+        result = resources[resource]
+        t0 = time.monotonic()
+        token = ""
+        async with limit:
+            try:
+                while True:
+                    if result.pages >= settings.max_pages:
+                        raise UpstreamError(
+                            "invalid", f"more than {settings.max_pages} pages; continue never ends"
+                        )
+                    result.pages += 1
+                    body = await client.list_page(resource, token, deadline, result.pages)
+                    try:
+                        page = reducer.add_page(resource, body)
+                    except PageError as e:
+                        raise UpstreamError("invalid", f"page {result.pages}: {e}") from None
+                    del body  # the reducer kept what the metrics need
+                    result.objects += page.items
+                    result.malformed += page.malformed
+                    token = page.continue_token
+                    if not token:
+                        break
+                result.ok = True
+            except UpstreamError as e:
+                result.error = f"{resource}: {e}"
+                rt.errors_total[resource] += 1
+            finally:
+                result.seconds = time.monotonic() - t0
+
+    await asyncio.gather(*(list_all(r) for r in RESOURCES))
+    core_failed = [r for r in CORE_RESOURCES if not resources[r].ok]
+    if core_failed:
+        return failed(resources[core_failed[0]].error or "core resources failed")
+    complete = frozenset(r for r, res in resources.items() if res.ok)
+    # Joining and building families for a 2,000-volume cluster takes tens of ms of pure
+    # Python; in a thread the event loop keeps getting the GIL every few milliseconds.
+    state, families = await asyncio.to_thread(_reduce, rt, reducer, complete)
+    partial = [res.error for res in resources.values() if res.error]
+    error = f"partial data: {'; '.join(partial)}" if partial else None
+    return _finish(rt, True, error, calls, resources, state, started_at, families)
+
+
+def _reduce(
+    rt: ClusterRuntime, reducer: ClusterReducer, complete: frozenset[str]
+) -> tuple[ClusterState, list[Family]]:
+    state = reducer.finish(complete)
+    rt.churn.update(state)
+    return state, longhorn_families(state, rt.churn)
+
+
+def _finish(
+    rt: ClusterRuntime,
+    ok: bool,
+    error: str | None,
+    calls: list[Call],
+    resources: dict[str, ResourceResult],
+    state: ClusterState | None,
+    started_at: float,
+    families: list[Family] | None = None,
+) -> Refresh:
+    s = rt.config.settings
+    families = [*collection_families(ok, resources, rt.errors_total), *(families or [])]
+    return Refresh(
+        cluster=rt.name,
+        ok=ok,
+        ttl=s.cache_ttl,
+        max_staleness=s.max_staleness,
+        started_at=started_at,
+        finished_at=time.time(),
+        finished_mono=time.monotonic(),
+        error=error,
+        calls=calls,
+        resources=resources,
+        state=state,
+        families=families,
+    )
+
+
+def collection_families(
+    ok: bool, resources: dict[str, ResourceResult], errors_total: Counter[str]
+) -> list[Family]:
+    """How the refresh went, per resource: rendered with the Longhorn data."""
+    names = sorted(resources)
+
+    def per_resource(name: str, help_: str, kind: str, value: Callable[[str], float]) -> Family:
+        return Family(name, kind, help_, ("resource",), [((r,), value(r)) for r in names])
+
+    return [
+        Family(
+            "longhorn_up",
+            "gauge",
+            "1 when the API server answered and served Longhorn's resources in the data "
+            "being served.",
+            (),
+            [((), 1.0 if ok else 0.0)],
+        ),
+        per_resource(
+            "longhorn_exporter_list_success",
+            "1 when the last refresh listed this resource completely.",
+            "gauge",
+            lambda r: 1.0 if resources[r].ok else 0.0,
+        ),
+        per_resource(
+            "longhorn_exporter_list_objects",
+            "Objects listed in the last refresh.",
+            "gauge",
+            lambda r: float(resources[r].objects),
+        ),
+        per_resource(
+            "longhorn_exporter_list_duration_seconds",
+            "Time to list all pages of this resource in the last refresh.",
+            "gauge",
+            lambda r: resources[r].seconds,
+        ),
+        per_resource(
+            "longhorn_exporter_malformed_objects",
+            "Objects skipped in the last refresh because they did not decode.",
+            "gauge",
+            lambda r: float(resources[r].malformed),
+        ),
+        per_resource(
+            "longhorn_exporter_scrape_errors_total",
+            "Failed list attempts since the exporter started.",
+            "counter",
+            lambda r: float(errors_total[r]),
+        ),
+    ]
+
+
+def head_families(
+    success: bool, duration: float, timeout: float, refresh: Refresh | None
+) -> list[Family]:
+    """The per-probe part of the answer, in front of the refresh's rendered bytes."""
+    fams = [
+        Family(
+            "probe_success",
+            "gauge",
+            "1 when fresh-enough Longhorn data was served.",
+            (),
+            [((), 1.0 if success else 0.0)],
+        ),
+        Family(
+            "probe_duration_seconds",
+            "gauge",
+            "How long this probe took.",
+            (),
+            [((), duration)],
+        ),
+        Family(
+            "probe_timeout_seconds",
+            "gauge",
+            "The timeout this probe ran under.",
+            (),
+            [((), timeout)],
+        ),
+    ]
+    if refresh is None:
+        fams.append(
+            Family(
+                "longhorn_up",
+                "gauge",
+                "1 when the API server answered and served Longhorn's resources in the data "
+                "being served.",
+                (),
+                [((), 0.0)],
+            )
+        )
+    else:
+        fams.append(
+            Family(
+                "longhorn_exporter_data_age_seconds",
+                "gauge",
+                "Age of the data being served.",
+                (),
+                [((), round(refresh.age(), 3))],
+            )
+        )
+    return fams
