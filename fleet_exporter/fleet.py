@@ -65,8 +65,13 @@ def _fingerprint(cfg: ClusterConfig) -> str:
 
 
 class Fleet:
-    def __init__(self, directory: Path, metrics: SelfMetrics | None = None):
+    def __init__(
+        self, directory: Path, metrics: SelfMetrics | None = None, only: set[str] | None = None
+    ):
+        """``only`` limits the fleet to some clusters (``fleet-exporter probe`` loads just
+        the one it probes, so other clusters' exec plugins do not run)."""
         self.directory = Path(directory)
+        self.only = only
         self.metrics = metrics or SelfMetrics()
         self.clusters: dict[str, ClusterRuntime] = {}
         self.config: FleetConfig | None = None
@@ -110,6 +115,8 @@ class Fleet:
         new: dict[str, ClusterRuntime] = {}
         added, changed, unchanged = [], [], []
         for name, cfg in config.clusters.items():
+            if self.only is not None and name not in self.only:
+                continue
             fp = await asyncio.to_thread(_fingerprint, cfg)
             prev = old.get(name)
             if prev is not None and prev.fingerprint == fp:

@@ -312,3 +312,67 @@ def head_families(
             )
         )
     return fams
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def probe_log(
+    cluster: str,
+    started_at: float,
+    timeout: float,
+    header: str | None,
+    source: str,
+    refresh: Refresh | None,
+    success: bool,
+    duration: float,
+) -> str:
+    """What one probe did, for ``?debug=true`` and the triage page. Built only from
+    statuses, timings and error texts that were redacted where they were made."""
+    lines = [
+        f"Probe of cluster {cluster!r} started {_when(started_at)}",
+        f"Timeout {timeout:.2f}s (scrape timeout header: {header or 'absent'})",
+    ]
+    if source == "hit" and refresh is not None:
+        lines.append(f"Data: from cache, refreshed {refresh.age():.1f}s ago")
+    elif source == "miss":
+        lines.append("Data: refreshed for this probe")
+    elif source == "stale" and refresh is not None:
+        lines.append(
+            f"Data: STALE: the refresh did not finish within {timeout:.2f}s; serving the last "
+            f"good data, {refresh.age():.1f}s old (it goes on in the background)"
+        )
+    else:
+        lines.append(
+            f"Data: NONE: the refresh did not finish within {timeout:.2f}s and there is no "
+            "good data younger than max_staleness (it goes on in the background)"
+        )
+    if refresh is not None:
+        verdict = "ok" if refresh.ok else "FAILED"
+        lines.append(
+            f"Refresh {_when(refresh.started_at)}: {verdict} in {refresh.duration:.3f}s"
+            + (f": {refresh.error}" if refresh.error else "")
+        )
+        lines.append("Upstream calls:")
+        lines += [
+            f"  {c.code:>7}  {c.resource:<14} page {c.page:<4} {c.seconds:8.3f}s {c.bytes:>10} B"
+            + (f"  {c.error}" if c.error else "")
+            for c in refresh.calls
+        ]
+        if not refresh.calls:
+            lines.append("  (none)")
+        lines.append("Resources:")
+        for name, r in sorted(refresh.resources.items()):
+            status = "ok" if r.ok else "FAILED"
+            line = (
+                f"  {name:<14} {status:<6} {r.objects:>7} objects {r.pages:>4} pages "
+                f"{r.seconds:8.3f}s"
+            )
+            if r.malformed:
+                line += f"  {r.malformed} malformed objects skipped"
+            if r.error:
+                line += f"  {r.error}"
+            lines.append(line)
+    lines.append(f"Probe {'succeeded' if success else 'FAILED'} in {duration:.3f}s")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,319 @@
+"""The ``fleet-exporter`` command: serve, demo, probe, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__
+from .config import ConfigError
+from .credentials import RedactingFilter
+
+log = logging.getLogger("fleet_exporter")
+
+DEFAULT_PORT = 9265
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``ts=... level=... logger=... msg="..."``: one line per record, greppable."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += " " + self.formatException(record.exc_info).replace("\n", " | ")
+        return (
+            f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
+            f"logger={record.name} msg={json.dumps(msg, ensure_ascii=False)}"
+        )
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
+    # Every record passes the redactor: no token or key reaches the log, whoever logs it.
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def parse_listen(value: str) -> tuple[str | None, int]:
+    """``HOST:PORT``, ``:PORT`` (all interfaces) or ``[v6]:PORT``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid listen address {value!r}: use HOST:PORT")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+def _serve(args: argparse.Namespace, directory: Path) -> int:
+    from .app import FLEET, create_app
+    from .fleet import Fleet
+
+    fleet = Fleet(directory)
+    app = create_app(fleet)
+
+    async def on_startup(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def reload() -> None:
+            # A failure is logged by the fleet, and the running configuration stays.
+            with contextlib.suppress(ConfigError):
+                await app[FLEET].reload()
+
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+
+    app.on_startup.append(on_startup)
+    host, port = args.listen
+    log.info("fleet-exporter %s serving %s on %s:%d", __version__, directory, host or "*", port)
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            shutdown_timeout=args.shutdown_timeout,
+            print=None,
+            access_log=logging.getLogger("aiohttp.access"),
+        )
+    except ConfigError as e:
+        log.error("cannot start: %s", e)
+        return 2
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(args, Path(args.clusters))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the simulated fleet in a child process, then serve the exporter over it."""
+    with tempfile.TemporaryDirectory(prefix="fleet-exporter-demo-") as tmp:
+        directory = Path(tmp)
+        sim = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleet_exporter.simulator",
+                "--kubeconfig-dir",
+                str(directory),
+                "--fleet",
+                args.fleet,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = sim.stdout.readline() if sim.stdout else ""
+            if not line.startswith("READY"):
+                log.error("the simulated fleet did not start (got %r)", line.strip())
+                return 2
+            clusters = sorted(p.stem for p in directory.glob("*.yaml") if p.name != "fleet.yaml")
+            host, port = args.listen
+            base = f"http://{host or 'localhost'}:{port}"
+            print(
+                f"Simulated fleet of {len(clusters)} Longhorn clusters is up "
+                f"(kubeconfigs in {directory}).\n"
+                f"Try:\n  curl '{base}/probe?cluster={clusters[0]}'\n"
+                f"  curl '{base}/probe?cluster={clusters[0]}&debug=true'\n"
+                f"  curl '{base}/targets'\n  open {base}/\nCtrl-C stops the demo.",
+                flush=True,
+            )
+            return _serve(args, directory)
+        finally:
+            sim.terminate()
+            try:
+                sim.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+
+
+async def _one_shot(directory: Path, only: set[str] | None, wait: float):
+    """Load the fleet (or part of it) and probe each cluster once, concurrently."""
+    from .fleet import Fleet
+
+    fleet = Fleet(directory, only=only)
+    await fleet.start()
+    try:
+        names = sorted(fleet.clusters)
+        lookups = await asyncio.gather(*(fleet.lookup(fleet.clusters[n], wait) for n in names))
+        results = {}
+        for name, lookup in zip(names, lookups, strict=True):
+            refresh = lookup.value
+            body = b""
+            if refresh is not None:
+                body = await refresh.body(openmetrics=False, compressed=False)
+            results[name] = (lookup, body)
+        return fleet, results
+    finally:
+        await fleet.close()
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .metrics import encode
+    from .probe import head_families, probe_log
+
+    directory = Path(args.clusters)
+    started_at, started = time.time(), time.monotonic()
+    fleet, results = asyncio.run(_one_shot(directory, {args.cluster}, args.timeout))
+    if args.cluster not in results:
+        known = ", ".join(sorted(fleet.config.clusters)) if fleet.config else ""
+        print(f"unknown cluster {args.cluster!r} in {directory} (known: {known})", file=sys.stderr)
+        return 2
+    lookup, body = results[args.cluster]
+    refresh = lookup.value
+    success = refresh is not None and refresh.ok
+    duration = time.monotonic() - started
+    head = head_families(success, duration, args.timeout, refresh)
+    sys.stdout.buffer.write(encode(head, args.cluster, eof=False) + body)
+    if args.debug or not success:
+        print(
+            probe_log(
+                args.cluster,
+                started_at,
+                args.timeout,
+                None,
+                lookup.source,
+                refresh,
+                success,
+                duration,
+            ),
+            file=sys.stderr,
+            end="",
+        )
+    return 0 if success else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    directory = Path(args.clusters)
+    fleet, results = asyncio.run(_one_shot(directory, None, args.timeout))
+    failed = 0
+    width = max((len(n) for n in results), default=10)
+    for name, (lookup, _body) in results.items():
+        refresh = lookup.value
+        if refresh is not None and refresh.ok and refresh.state is not None:
+            s = refresh.state.summary()
+            line = (
+                f"ok    {name:<{width}}  {s.volumes} volumes, {s.nodes} nodes, "
+                f"Longhorn {s.longhorn_version or 'version unknown'}, {refresh.duration:.2f}s"
+            )
+            if refresh.error:
+                line += f" ({refresh.error})"
+        else:
+            failed += 1
+            reason = refresh.error if refresh else f"no answer within {args.timeout:g}s"
+            line = f"FAIL  {name:<{width}}  {reason}"
+        print(line)
+    rejected = fleet.config.rejected if fleet.config else {}
+    for filename, reason in rejected.items():
+        failed += 1
+        print(f"FAIL  {filename:<{width}}  {reason}")
+    print(f"{len(results) - failed + len(rejected)}/{len(results) + len(rejected)} clusters ok")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fleet-exporter",
+        description="Prometheus probe exporter for Longhorn across many Kubernetes clusters.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+    )
+    p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def clusters_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--clusters",
+            default=os.environ.get("FLEET_EXPORTER_CLUSTERS", "clusters"),
+            metavar="DIR",
+            help="directory of kubeconfigs and fleet.yaml",
+        )
+
+    serve = sub.add_parser("serve", help="serve /probe, /metrics, /targets and the pages")
+    clusters_arg(serve)
+    serve.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=parse_listen(f":{DEFAULT_PORT}"),
+        metavar="HOST:PORT",
+        help=f"default :{DEFAULT_PORT} (all interfaces)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long in-flight requests may finish after SIGTERM",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run the exporter over a simulated fleet of 51 clusters")
+    demo.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=parse_listen(f"127.0.0.1:{DEFAULT_PORT}"),
+        metavar="HOST:PORT",
+    )
+    demo.add_argument("--fleet", default="demo", choices=["demo", "sized", "small500"])
+    demo.add_argument("--shutdown-timeout", type=float, default=5.0, help=argparse.SUPPRESS)
+    demo.set_defaults(func=cmd_demo)
+
+    probe = sub.add_parser("probe", help="probe one cluster and print its metrics")
+    probe.add_argument("cluster")
+    clusters_arg(probe)
+    probe.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    probe.add_argument("--debug", action="store_true", help="also print what the probe did")
+    probe.set_defaults(func=cmd_probe)
+
+    check = sub.add_parser("check", help="try every cluster once; one line per cluster")
+    clusters_arg(check)
+    check.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    check.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
