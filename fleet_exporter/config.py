@@ -30,7 +30,8 @@ LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Target labels that would collide with what the exporter or Prometheus sets itself.
 RESERVED_LABELS = frozenset({"cluster", "instance", "job"})
 
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?")
+_N = r"(\d+(?:\.\d+)?)"
+_DURATION = re.compile(rf"(?:{_N}h)?(?:{_N}m(?!s))?(?:{_N}s)?(?:{_N}ms)?")
 
 
 class ConfigError(ValueError):
@@ -99,7 +100,7 @@ class FleetConfig:
 
 
 def parse_duration(value: Any, where: str) -> float:
-    """Seconds from a number or a Go-style duration string ("30s", "1m30s", "1.5h")."""
+    """Seconds from a number or a Go-style duration string ("30s", "1m30s", "500ms")."""
     if isinstance(value, bool):
         raise ConfigError(f"{where}: expected a duration, got {value!r}")
     if isinstance(value, int | float):
@@ -107,8 +108,8 @@ def parse_duration(value: Any, where: str) -> float:
     elif isinstance(value, str) and value and (m := _DURATION.fullmatch(value.strip())):
         if not any(m.groups()):
             raise ConfigError(f"{where}: invalid duration {value!r} (use e.g. 30s, 2m, 1h)")
-        h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-        seconds = h * 3600 + mi * 60 + s
+        h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
+        seconds = h * 3600 + mi * 60 + s + ms / 1000
     else:
         raise ConfigError(f"{where}: invalid duration {value!r} (use e.g. 30s, 2m, 1h)")
     if seconds < 0:
