@@ -1,0 +1,722 @@
+"""One kubeconfig -> what the async HTTP layer needs: base URL, SSLContext, Authorization.
+
+The ``kubernetes`` package reads the kubeconfig (``KubeConfigLoader``), but several of its
+defaults are wrong for a long-running async service that holds many clusters, so this
+module wraps it:
+
+- ``load_kube_config`` without a private ``Configuration`` overwrites the process-wide
+  default, and ``persist_config`` rewrites the kubeconfig after a refresh. We use a private
+  ``Configuration`` and no persister, so the file is never written.
+- Inline certificate and key data go to temp files through a module-global cache that races
+  across threads and keeps key material on disk until exit. We load serially under one
+  process-wide lock, in a worker thread, into a private 0700 directory, read the files into
+  an ``ssl.SSLContext`` and delete them at once.
+- Its exec-plugin runner has no timeout (a hung plugin blocks a thread forever) and turns a
+  failing plugin into unauthenticated requests. We run plugins ourselves, with the same
+  ExecCredential protocol, killed after ``exec_timeout``, and fail loudly.
+- ``Configuration`` silently takes ``HTTPS_PROXY`` from the environment. The proxy here comes
+  from the kubeconfig's ``proxy-url`` only: each cluster's file says exactly how to reach it,
+  and an environment proxy meant for other traffic must not capture API-server calls.
+
+Every secret seen (tokens, passwords, key PEM, exec output) is registered for ``redact()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import base64
+import binascii
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from kubernetes.client import Configuration
+from kubernetes.config import kube_config
+
+log = logging.getLogger(__name__)
+
+# Refresh exec tokens this long before they expire, like client-go and the package.
+EXPIRY_SKEW = 300.0
+# After a refresh attempt, wait this long before the next one (a failing or short-TTL plugin
+# must not run on every request).
+REFRESH_BACKOFF = 10.0
+# Upper bound for reading and parsing one kubeconfig (an expired OIDC token makes the package
+# call the identity provider synchronously, without a timeout of its own).
+LOAD_TIMEOUT = 30.0
+MAX_KUBECONFIG_BYTES = 4 * 1024 * 1024
+EXEC_API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
+
+# Tests replace these to move time without sleeping.
+_now = time.time
+_monotonic = time.monotonic
+
+# The package's temp-file cache is module-global: every load in the process goes through here.
+_LOAD_LOCK = threading.Lock()
+# Plugins get their own threads so a slow one never starves asyncio.to_thread users.
+_EXEC_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="exec-plugin")
+
+
+class CredentialsError(Exception):
+    """Safe, one-line, names what is wrong; never contains a secret."""
+
+
+# --- secret registry -----------------------------------------------------------------------
+
+_MAX_SECRETS = 2048  # oldest dropped first: rotated exec tokens would otherwise grow forever
+_secrets: dict[str, None] = {}
+_secrets_lock = threading.Lock()
+_secret_re: re.Pattern[str] | None = None
+
+
+def _register(*values: object, min_len: int = 4) -> None:
+    """Remember secrets for ``redact``; shorter strings would redact ordinary words."""
+    global _secret_re
+    new = [v for v in values if isinstance(v, str) and len(v) >= min_len]
+    with _secrets_lock:
+        new = [v for v in new if v not in _secrets]
+        if not new:
+            return
+        _secrets.update(dict.fromkeys(new))
+        while len(_secrets) > _MAX_SECRETS:
+            del _secrets[next(iter(_secrets))]
+        ordered = sorted(_secrets, key=len, reverse=True)  # longest first: no partial leftovers
+        _secret_re = re.compile("|".join(map(re.escape, ordered)))
+
+
+def _register_pem(pem: str) -> None:
+    """A key leaks as the whole PEM, its base64 body, or single body lines: register each."""
+    body = [line.strip() for line in pem.splitlines() if line.strip() and "-----" not in line]
+    _register(pem, pem.strip(), "".join(body))
+    _register(*body, min_len=16)
+
+
+def redact(text: str) -> str:
+    """Replace every secret any loaded Credentials has seen with ``<redacted>``."""
+    pattern = _secret_re
+    if pattern is None or not text:
+        return text
+    return pattern.sub("<redacted>", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Applies ``redact`` to a record's message, args, traceback and stack.
+
+    Install it on the *handlers* (e.g. every handler of the root logger): a filter attached to
+    a logger only sees records logged on that very logger, not those propagated from children.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _secret_re is None:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: logging would print raw args; don't
+            message = str(record.msg)
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def check_permissions(path: Path) -> str | None:
+    """Warning text when the kubeconfig is readable by group or others, else None."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None  # loading reports a missing file with a better message
+    if mode & 0o044:
+        return (
+            f"kubeconfig {path} is readable by group or others (mode {mode:04o}); "
+            "it holds credentials, restrict it to 0600 or 0400"
+        )
+    return None
+
+
+# --- public records ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one API server; pass ``ssl``, ``server_hostname`` and ``proxy`` to aiohttp."""
+
+    server: str
+    ssl: ssl.SSLContext
+    server_hostname: str | None
+    proxy: str | None
+
+
+@dataclass(frozen=True)
+class _Plugin:
+    """An exec credential plugin, resolved once per load."""
+
+    name: str  # argv[0] as written in the kubeconfig: the only part errors show
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    api_version: str
+    exec_info: str  # KUBERNETES_EXEC_INFO
+    install_hint: str
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything one successful load produced; replaced whole on reload or refresh."""
+
+    endpoint: Endpoint
+    auth_kind: str
+    context: str
+    header: str | None
+    expires_at: float | None  # epoch seconds; only exec tokens expire here
+    plugin: _Plugin | None
+
+
+@dataclass(frozen=True)
+class _ExecResult:
+    token: str | None
+    cert_pem: str | None
+    key_pem: str | None
+    expires_at: float | None
+
+
+class Credentials:
+    """One cluster's endpoint and Authorization header, refreshed without blocking the loop."""
+
+    def __init__(self, path: Path, snapshot: _Snapshot, exec_timeout: float) -> None:
+        self.path = path
+        self._snap = snapshot
+        self._exec_timeout = exec_timeout
+        self._refresh_lock = asyncio.Lock()
+        self._next_refresh = 0.0  # monotonic time before which no refresh is attempted
+        self._refresh_error: str | None = None
+        self._reload_task: asyncio.Future[None] | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Current endpoint; a reload may replace it (new SSLContext), so read it per request."""
+        return self._snap.endpoint
+
+    @property
+    def auth_kind(self) -> str:
+        return self._snap.auth_kind
+
+    async def authorization(self) -> str | None:
+        """Authorization header value, or None when the kubeconfig has no header auth."""
+        snap = self._snap
+        if snap.expires_at is None or _now() < snap.expires_at - EXPIRY_SKEW:
+            return snap.header  # fast path: no lock, no thread hop
+        return await self._refresh()
+
+    async def _refresh(self) -> str | None:
+        async with self._refresh_lock:  # single flight per cluster
+            snap = self._snap
+            if snap.expires_at is None or _now() < snap.expires_at - EXPIRY_SKEW:
+                return snap.header  # another caller refreshed while we waited
+            if snap.plugin is not None and _monotonic() >= self._next_refresh:
+                self._next_refresh = _monotonic() + REFRESH_BACKOFF
+                try:
+                    result = await _run_plugin(snap.plugin, self._exec_timeout)
+                    if not result.token:
+                        raise CredentialsError(
+                            f'exec plugin "{snap.plugin.name}" returned no token on refresh'
+                        )
+                except CredentialsError as e:
+                    self._refresh_error = str(e)
+                    log.warning("kubeconfig %s: token refresh failed: %s", self.path, e)
+                else:
+                    self._refresh_error = None
+                    header = f"Bearer {result.token}"
+                    self._snap = snap = dataclasses.replace(
+                        snap, header=header, expires_at=result.expires_at
+                    )
+                    return header
+            if _now() < snap.expires_at:
+                return snap.header  # refresh failed or backing off: old token still works
+            reason = self._refresh_error or "no refresh possible"
+            raise CredentialsError(f"kubeconfig {self.path}: token expired; {reason}")
+
+    async def reload(self) -> None:
+        """Re-read the kubeconfig (after a 401); concurrent callers share one reload.
+
+        On failure the old credentials stay in use and CredentialsError is raised.
+        """
+        task = self._reload_task
+        if task is None or task.done():
+            task = self._reload_task = asyncio.ensure_future(self._do_reload())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.shield(task)
+
+    async def _do_reload(self) -> None:
+        self._snap = await _load(self.path, self._exec_timeout)
+        self._next_refresh, self._refresh_error = 0.0, None
+
+    def describe(self) -> str:
+        """Safe one-line description: server, auth kind, context."""
+        snap = self._snap
+        auth = snap.auth_kind + (f' "{snap.plugin.name}"' if snap.plugin else "")
+        extra = f", tls-server-name {snap.endpoint.server_hostname}"
+        extra = extra if snap.endpoint.server_hostname else ""
+        return redact(f'{snap.endpoint.server} (context "{snap.context}", auth {auth}{extra})')
+
+
+async def load_credentials(path: Path, *, exec_timeout: float = 10.0) -> Credentials:
+    """Load the kubeconfig's current context; CredentialsError names the file and problem."""
+    return Credentials(path, await _load(path, exec_timeout), exec_timeout)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+async def _load(path: Path, exec_timeout: float) -> _Snapshot:
+    try:
+        try:
+            snap = await asyncio.wait_for(asyncio.to_thread(_load_locked, path), LOAD_TIMEOUT)
+        except TimeoutError:
+            raise CredentialsError(f"loading took longer than {LOAD_TIMEOUT:g}s") from None
+        if snap.plugin is None:
+            return snap
+        result = await _run_plugin(snap.plugin, exec_timeout)
+        if result.token:
+            header = f"Bearer {result.token}"
+            return dataclasses.replace(snap, header=header, expires_at=result.expires_at)
+        await asyncio.to_thread(_load_pem_chain, snap.endpoint.ssl, result, snap.plugin.name)
+        return snap
+    except CredentialsError as e:
+        raise CredentialsError(f"kubeconfig {path}: {e}") from None
+
+
+def _load_locked(path: Path) -> _Snapshot:
+    if not _LOAD_LOCK.acquire(timeout=LOAD_TIMEOUT):
+        raise CredentialsError("another kubeconfig load is stuck; try again later")
+    try:
+        return _load_sync(path)
+    finally:
+        _LOAD_LOCK.release()
+
+
+def _load_sync(path: Path) -> _Snapshot:
+    """Parse, check, and load with the package; returns without the exec plugin's output."""
+    doc = _read_yaml(path)
+    base = str(path.resolve().parent)
+    name, cluster, user_name, user = _select(doc)
+    server = cluster.get("server")
+    if not isinstance(server, str) or not server:
+        raise CredentialsError(f'cluster of context "{name}" has no server')
+    proxy = cluster.get("proxy-url")
+    for label, url in (("server", server), ("proxy-url", proxy)):
+        if url is None:
+            continue
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CredentialsError(f"{label} must be an http:// or https:// URL")
+        _register(parts.password)
+    if not isinstance(cluster.get("insecure-skip-tls-verify", False), bool):
+        raise CredentialsError("insecure-skip-tls-verify must be true or false")
+    if not isinstance(cluster.get("tls-server-name", ""), str):
+        raise CredentialsError("tls-server-name must be a string")
+
+    kind = _auth_kind(user, user_name)
+    labels = _check_sources(cluster, user, base, tls=server.startswith("https"))
+    if kind == "token-file":
+        _check_file("token", _resolve(base, user["tokenFile"]))
+    plugin = _plugin(user["exec"], cluster, base) if kind == "exec" else None
+
+    # The package must never run exec plugins itself (no timeout, errors only logged).
+    stripped = copy.deepcopy(doc)
+    for item in stripped.get("users") or []:
+        if isinstance(item, dict) and isinstance(item.get("user"), dict):
+            item["user"].pop("exec", None)
+    cfg = Configuration()  # private: the package's global default stays untouched
+    with _package_temp_dir() as tmp:
+        try:
+            loader = kube_config.KubeConfigLoader(
+                stripped, active_context=name, config_base_path=base, temp_file_path=tmp
+            )
+            loader.load_and_set(cfg)
+        except kube_config.ConfigException as e:
+            raise CredentialsError((redact(str(e)).splitlines() or ["invalid"])[0]) from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CredentialsError(f"cannot load credentials ({type(e).__name__})") from None
+        ctx = _ssl_context(cfg, labels)
+    header = cfg.api_key.get("BearerToken") or cfg.api_key.get("authorization")
+    if kind in ("token", "token-file", "oidc", "basic"):
+        scheme, _, value = (header or "").partition(" ")
+        value = value.strip()  # token files end with a newline; client-go trims too
+        _register(value)
+        if not value:
+            what = {"oidc": "auth-provider oidc id-token is not a valid JWT"}
+            raise CredentialsError(what.get(kind, f"{kind} credentials are empty"))
+        if not value.isprintable():
+            raise CredentialsError(f"{kind} credentials contain control characters")
+        header = f"{scheme} {value}"
+    else:  # exec: the plugin's output decides; the package may have set Basic meanwhile
+        header = None
+    endpoint = Endpoint(cfg.host, ctx, cfg.tls_server_name or None, proxy)
+    return _Snapshot(endpoint, kind, name, header, None, plugin)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_KUBECONFIG_BYTES + 1)
+    except OSError as e:
+        raise CredentialsError(f"cannot read: {e.strerror}") from None
+    if len(raw) > MAX_KUBECONFIG_BYTES:
+        raise CredentialsError(f"larger than {MAX_KUBECONFIG_BYTES} bytes")
+    try:
+        doc = yaml.safe_load(raw)
+    except yaml.YAMLError as e:  # str(e) quotes the offending line, which may hold a secret
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise CredentialsError(f"not valid YAML: {getattr(e, 'problem', None)}{where}") from None
+    if not isinstance(doc, dict):
+        raise CredentialsError(f"not a kubeconfig: YAML {type(doc).__name__}, not a mapping")
+    return doc
+
+
+def _named(doc: dict[str, Any], section: str, name: str, inner: str) -> dict[str, Any] | None:
+    items = doc.get(section)
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, dict) and item.get("name") == name:
+            value = item.get(inner)
+            if not isinstance(value, dict):
+                raise CredentialsError(f'{section[:-1]} "{name}" has no {inner} mapping')
+            return value
+    return None
+
+
+def _select(doc: dict[str, Any]) -> tuple[str, dict, str | None, dict]:
+    """The current context, its cluster and user; kubeconfig mistakes named precisely."""
+    if not doc.get("contexts"):
+        raise CredentialsError("no contexts in kubeconfig")
+    name = doc.get("current-context")
+    if not name or not isinstance(name, str):
+        raise CredentialsError("current-context is not set")
+    context = _named(doc, "contexts", name, "context")
+    if context is None:
+        raise CredentialsError(f'context "{name}" not found in kubeconfig')
+    cluster_name = context.get("cluster")
+    cluster = _named(doc, "clusters", cluster_name, "cluster") if cluster_name else None
+    if cluster is None:
+        raise CredentialsError(f'context "{name}" names unknown cluster "{cluster_name}"')
+    user_name = context.get("user")
+    user = _named(doc, "users", user_name, "user") if user_name else {}
+    if user is None:
+        raise CredentialsError(f'context "{name}" names unknown user "{user_name}"')
+    return name, cluster, user_name, user
+
+
+def _auth_kind(user: dict[str, Any], user_name: str | None) -> str:
+    """Same precedence as the package: auth-provider, token/tokenFile, exec, basic."""
+    provider = user.get("auth-provider")
+    _register(user.get("token"), user.get("password"))
+    if isinstance(provider, dict):
+        pcfg = provider.get("config") if isinstance(provider.get("config"), dict) else {}
+        _register(pcfg.get("id-token"), pcfg.get("refresh-token"), pcfg.get("client-secret"))
+        if provider.get("name") != "oidc":
+            raise CredentialsError(
+                f'auth-provider "{provider.get("name")}" is not supported; use an exec plugin'
+            )
+        return "oidc"
+    if user.get("token"):
+        return "token"
+    if user.get("tokenFile"):
+        return "token-file"
+    if user.get("exec"):
+        if not isinstance(user["exec"], dict):
+            raise CredentialsError(f'user "{user_name}": exec must be a mapping')
+        return "exec"
+    if "username" in user and "password" in user:
+        return "basic"
+    if user.get("client-certificate") or user.get("client-certificate-data"):
+        return "client-certificate"
+    return "none"
+
+
+def _resolve(base: str, ref: object) -> str:
+    if not isinstance(ref, str) or not ref:
+        raise CredentialsError("a file reference in the kubeconfig is not a string")
+    return os.path.normpath(os.path.join(base, ref))
+
+
+def _check_file(label: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CredentialsError(f"{label} file {path}: {e.strerror}") from None
+
+
+def _check_sources(
+    cluster: dict[str, Any], user: dict[str, Any], base: str, *, tls: bool
+) -> dict[str, str]:
+    """Check CA, client cert and key before the package sees them; returns error labels.
+
+    Mirrors the package's rules: ``*-data`` wins over the file; files resolve against the
+    kubeconfig's directory; all three matter only for https servers.
+    """
+    labels = {}
+    for obj, key, label in (
+        (cluster, "certificate-authority", "certificate authority"),
+        (user, "client-certificate", "client certificate"),
+        (user, "client-key", "client key"),
+    ):
+        data_key = f"{key}-data"
+        if data_key in obj:
+            value = obj[data_key]
+            try:
+                raw = base64.b64decode("".join(str(value).split()), validate=True)
+            except (binascii.Error, ValueError):
+                _register(str(value))
+                raise CredentialsError(f"{data_key} is not valid base64") from None
+            if key == "client-key":
+                _register(str(value))
+                _register_pem(raw.decode("utf-8", "replace"))
+            labels[key] = data_key
+        elif key in obj and tls:
+            path = _resolve(base, obj[key])
+            content = _check_file(label, path)
+            if key == "client-key":
+                _register_pem(content.decode("utf-8", "replace"))
+            labels[key] = f"{label} file {path}"
+    if tls and ("client-certificate" in labels) != ("client-key" in labels):
+        raise CredentialsError("client certificate and client key must be given together")
+    return labels
+
+
+@contextlib.contextmanager
+def _package_temp_dir() -> Iterator[str]:
+    """A private 0700 dir for the package's temp files, scrubbed with its cache entries.
+
+    Runs under _LOAD_LOCK, so every cache entry added meanwhile is ours.
+    """
+    tmp = tempfile.mkdtemp(prefix="fleet-exporter-kc-")
+    before = dict(kube_config._temp_files)
+    try:
+        yield tmp
+    finally:
+        cache = kube_config._temp_files
+        for key, name in list(cache.items()):
+            if before.get(key) != name or os.path.dirname(name) == tmp:
+                cache.pop(key, None)
+                with contextlib.suppress(OSError):
+                    os.remove(name)
+        if not cache:  # the package registers this again whenever its cache was empty
+            atexit.unregister(kube_config._cleanup_temp_files)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _no_password() -> bytes:
+    """Encrypted keys fail instead of OpenSSL prompting on the terminal."""
+    return b""
+
+
+def _ssl_context(cfg: Configuration, labels: dict[str, str]) -> ssl.SSLContext:
+    """One in-memory context per cluster; the files it was read from can be deleted."""
+    try:
+        if cfg.ssl_ca_cert:
+            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        else:
+            ctx = ssl.create_default_context()
+    except (ssl.SSLError, OSError):
+        ca = labels.get("certificate-authority", "certificate authority")
+        raise CredentialsError(f"{ca}: no valid PEM certificate") from None
+    if not cfg.verify_ssl:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cfg.cert_file:
+        label = " and ".join(labels[k] for k in ("client-certificate", "client-key"))
+        _load_chain(ctx, cfg.cert_file, cfg.key_file, label)
+    return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, cert: str, key: str | None, label: str) -> None:
+    try:
+        ctx.load_cert_chain(cert, key, password=_no_password)
+    except ssl.SSLError as e:
+        if "KEY_VALUES_MISMATCH" in str(e):
+            raise CredentialsError(f"{label}: client key does not match the certificate") from None
+        problem = "not valid PEM, or the key is encrypted"
+        raise CredentialsError(f"{label}: client certificate or key {problem}") from None
+    except OSError as e:
+        raise CredentialsError(f"{label}: {e.strerror}") from None
+
+
+def _load_pem_chain(ctx: ssl.SSLContext, result: _ExecResult, name: str) -> None:
+    """Exec plugins may return a client cert instead of a token (not refreshed until reload)."""
+    tmp = tempfile.mkdtemp(prefix="fleet-exporter-exec-")
+    try:
+        paths = []
+        for part, pem in (("cert", result.cert_pem), ("key", result.key_pem)):
+            fd, p = tempfile.mkstemp(dir=tmp, suffix=f".{part}")
+            with os.fdopen(fd, "w") as f:
+                f.write(pem or "")
+            paths.append(p)
+        _load_chain(ctx, paths[0], paths[1], f'exec plugin "{name}"')
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- exec credential plugins ---------------------------------------------------------------
+
+
+def _plugin(spec: dict[str, Any], cluster: dict[str, Any], base: str) -> _Plugin:
+    """Resolve an exec section once; KUBERNETES_EXEC_INFO follows the client-go schema."""
+    command = spec.get("command")
+    if not isinstance(command, str) or not command:
+        raise CredentialsError("exec plugin has no command")
+    api_version = spec.get("apiVersion")
+    if api_version not in EXEC_API_VERSIONS:
+        raise CredentialsError(
+            f'exec plugin "{command}": apiVersion must be one of {", ".join(EXEC_API_VERSIONS)}'
+        )
+    if spec.get("interactiveMode") == "Always":
+        raise CredentialsError(f'exec plugin "{command}" needs a terminal (interactiveMode)')
+    env = {}
+    for item in spec.get("env") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise CredentialsError(f'exec plugin "{command}": env entries need name and value')
+        env[item["name"]] = str(item.get("value", ""))
+    info: dict[str, Any] = {"apiVersion": api_version, "kind": "ExecCredential"}
+    info["spec"] = {"interactive": False}
+    if spec.get("provideClusterInfo"):
+        info["spec"]["cluster"] = _cluster_info(cluster, base)
+    # Like client-go: a relative command with a slash is relative to the kubeconfig.
+    path = os.path.join(base, command) if "/" in command else command
+    return _Plugin(
+        name=command,
+        argv=(path, *(str(a) for a in spec.get("args") or [])),
+        env=env,
+        cwd=base,
+        api_version=api_version,
+        exec_info=json.dumps(info),
+        install_hint=(str(spec.get("installHint") or "").strip().splitlines() or [""])[0][:200],
+    )
+
+
+def _cluster_info(cluster: dict[str, Any], base: str) -> dict[str, Any]:
+    """The ExecCredential ``spec.cluster`` object (camelCase, CA inline as base64)."""
+    ca = cluster.get("certificate-authority-data")
+    if not ca and cluster.get("certificate-authority"):
+        path = _resolve(base, cluster["certificate-authority"])
+        ca = base64.b64encode(_check_file("certificate authority", path)).decode()
+    info = {
+        "server": cluster.get("server"),
+        "tlsServerName": cluster.get("tls-server-name"),
+        "insecureSkipTLSVerify": cluster.get("insecure-skip-tls-verify"),
+        "certificateAuthorityData": ca,
+        "proxyURL": cluster.get("proxy-url"),
+        "disableCompression": cluster.get("disable-compression"),
+    }
+    for ext in cluster.get("extensions") or []:
+        if isinstance(ext, dict) and ext.get("name") == "client.authentication.k8s.io/exec":
+            info["config"] = ext.get("extension")
+    return {k: v for k, v in info.items() if v is not None}
+
+
+async def _run_plugin(plugin: _Plugin, exec_timeout: float) -> _ExecResult:
+    """Off the event loop, on the plugin pool; the worker bounds itself with the timeout."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_EXEC_POOL, _run_plugin_sync, plugin, exec_timeout)
+
+
+def _run_plugin_sync(plugin: _Plugin, timeout: float) -> _ExecResult:
+    name = plugin.name
+    env = {**os.environ, **plugin.env, "KUBERNETES_EXEC_INFO": plugin.exec_info}
+    try:
+        proc = subprocess.Popen(
+            plugin.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=plugin.cwd,
+            env=env,
+            start_new_session=True,  # its own process group: a kill reaches its children too
+        )
+    except FileNotFoundError:
+        hint = f" ({plugin.install_hint})" if plugin.install_hint else ""
+        raise CredentialsError(f'exec plugin "{name}": command not found{hint}') from None
+    except OSError as e:
+        raise CredentialsError(f'exec plugin "{name}": cannot start: {e.strerror}') from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        raise CredentialsError(f'exec plugin "{name}" timed out after {timeout:g}s') from None
+    result, problem = _parse_exec_output(out, plugin.api_version)  # registers secrets first
+    if proc.returncode != 0:
+        rc = proc.returncode
+        status = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+        detail = " ".join(redact(err.decode("utf-8", "replace")).split())[:300]
+        raise CredentialsError(f'exec plugin "{name}" {status}' + (f": {detail}" if detail else ""))
+    if result is None:
+        raise CredentialsError(f'exec plugin "{name}" {problem}')
+    return result
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=2)
+    except subprocess.TimeoutExpired:  # a descendant left the group and holds our pipes
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe:
+                pipe.close()
+        proc.wait(timeout=2)
+
+
+def _parse_exec_output(out: bytes, api_version: str) -> tuple[_ExecResult | None, str]:
+    """ExecCredential -> result, or None and what is wrong; never echoes the output."""
+    try:
+        data = json.loads(out)
+    except ValueError:
+        return None, "printed invalid JSON instead of an ExecCredential"
+    if not isinstance(data, dict) or data.get("kind") != "ExecCredential":
+        return None, "did not print an ExecCredential"
+    status = data.get("status")
+    if not isinstance(status, dict):
+        return None, "printed an ExecCredential without status"
+    token, cert, key = (status.get(k) for k in ("token", "clientCertificateData", "clientKeyData"))
+    _register(token if isinstance(token, str) else None)
+    if isinstance(key, str):
+        _register_pem(key)
+    if data.get("apiVersion") != api_version:
+        return None, f"printed an ExecCredential with apiVersion other than {api_version}"
+    if not (isinstance(token, str) and token) and not (
+        isinstance(cert, str) and cert and isinstance(key, str) and key
+    ):
+        return None, "printed an ExecCredential with neither token nor client certificate+key"
+    expires_at = None
+    if status.get("expirationTimestamp"):
+        try:
+            ts = datetime.fromisoformat(str(status["expirationTimestamp"]))
+        except ValueError:
+            return None, "printed an invalid expirationTimestamp"
+        expires_at = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+    if token:
+        return _ExecResult(token, None, None, expires_at), ""
+    return _ExecResult(None, cert, key, expires_at), ""
