@@ -142,3 +142,11 @@ def test_durations(value, seconds):
             parse_duration(value, "x")
     else:
         assert parse_duration(value, "x") == seconds
+
+
+def test_shipped_example_parses(tmp_path):
+    example = Path(__file__).resolve().parents[1] / "clusters" / "fleet.example.yaml"
+    d = make_dir(tmp_path, example.read_text(), "eu-west-prod-01.yaml")
+    fleet = load_fleet(d)
+    assert fleet.clusters["eu-west-prod-01"].settings.cache_ttl == 55
+    assert fleet.defaults.timeout_offset == 0.5
