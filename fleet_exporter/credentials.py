@@ -33,7 +33,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import ssl
@@ -82,25 +81,32 @@ class CredentialsError(Exception):
 
 # --- secret registry -----------------------------------------------------------------------
 
-_MAX_SECRETS = 2048  # oldest dropped first: rotated exec tokens would otherwise grow forever
-_secrets: dict[str, None] = {}
+# Secrets are indexed by their first _KEY chars, so redaction costs one dict lookup per
+# character of text however many secrets there are (a regex alternation of thousands of
+# secrets costs ~1 ms per line and its compile blocks the GIL for hundreds of ms).
+_KEY = 4  # also the shortest secret remembered: shorter strings are ordinary words
+_LIMITS = {"static": 8192, "rotating": 1024}  # rotating: refreshed exec tokens, oldest dropped
+_pools: dict[str, dict[str, None]] = {"static": {}, "rotating": {}}
+_index: dict[str, tuple[str, ...]] = {}  # prefix -> secrets, longest first
 _secrets_lock = threading.Lock()
-_secret_re: re.Pattern[str] | None = None
 
 
-def _register(*values: object, min_len: int = 4) -> None:
-    """Remember secrets for ``redact``; shorter strings would redact ordinary words."""
-    global _secret_re
-    new = [v for v in values if isinstance(v, str) and len(v) >= min_len]
+def _register(*values: object, min_len: int = _KEY, pool: str = "static") -> None:
+    """Remember secrets for ``redact`` (called from worker threads, never on the loop)."""
     with _secrets_lock:
-        new = [v for v in new if v not in _secrets]
-        if not new:
-            return
-        _secrets.update(dict.fromkeys(new))
-        while len(_secrets) > _MAX_SECRETS:
-            del _secrets[next(iter(_secrets))]
-        ordered = sorted(_secrets, key=len, reverse=True)  # longest first: no partial leftovers
-        _secret_re = re.compile("|".join(map(re.escape, ordered)))
+        secrets = _pools[pool]
+        for v in values:
+            if not isinstance(v, str) or len(v) < min_len or v in secrets:
+                continue
+            secrets[v] = None
+            bucket = {*_index.get(v[:_KEY], ()), v}
+            _index[v[:_KEY]] = tuple(sorted(bucket, key=len, reverse=True))
+        while len(secrets) > _LIMITS[pool]:
+            old = next(iter(secrets))
+            del secrets[old]
+            if not any(old in other for other in _pools.values()):
+                rest = tuple(x for x in _index[old[:_KEY]] if x != old)
+                _index[old[:_KEY]] = rest  # replaced whole: readers never see a half update
 
 
 def _register_pem(pem: str) -> None:
@@ -112,10 +118,19 @@ def _register_pem(pem: str) -> None:
 
 def redact(text: str) -> str:
     """Replace every secret any loaded Credentials has seen with ``<redacted>``."""
-    pattern = _secret_re
-    if pattern is None or not text:
+    index = _index
+    if not index or not text:
         return text
-    return pattern.sub("<redacted>", text)
+    parts, start, i, end = [], 0, 0, len(text) - _KEY
+    while i <= end:
+        for secret in index.get(text[i : i + _KEY], ()):
+            if text.startswith(secret, i):
+                parts += (text[start:i], "<redacted>")
+                i = start = i + len(secret)
+                break
+        else:
+            i += 1
+    return "".join((*parts, text[start:])) if parts else text
 
 
 class RedactingFilter(logging.Filter):
@@ -126,7 +141,7 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _secret_re is None:
+        if not _index:
             return True
         try:
             message = record.getMessage()
@@ -365,7 +380,7 @@ def _load_sync(path: Path) -> _Snapshot:
     if kind in ("token", "token-file", "oidc", "basic"):
         scheme, _, value = (header or "").partition(" ")
         value = value.strip()  # token files end with a newline; client-go trims too
-        _register(value)
+        _register(value, pool="rotating" if kind in ("token-file", "oidc") else "static")
         if not value:
             what = {"oidc": "auth-provider oidc id-token is not a valid JWT"}
             raise CredentialsError(what.get(kind, f"{kind} credentials are empty"))
@@ -701,11 +716,13 @@ def _parse_exec_output(out: bytes, api_version: str) -> tuple[_ExecResult | None
     if not isinstance(status, dict):
         return None, "printed an ExecCredential without status"
     token, cert, key = (status.get(k) for k in ("token", "clientCertificateData", "clientKeyData"))
-    _register(token if isinstance(token, str) else None)
+    _register(token if isinstance(token, str) else None, pool="rotating")
     if isinstance(key, str):
         _register_pem(key)
     if data.get("apiVersion") != api_version:
         return None, f"printed an ExecCredential with apiVersion other than {api_version}"
+    if isinstance(token, str) and token and not token.isprintable():
+        return None, "printed a token containing control characters"
     if not (isinstance(token, str) and token) and not (
         isinstance(cert, str) and cert and isinstance(key, str) and key
     ):

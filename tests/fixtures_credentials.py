@@ -165,7 +165,7 @@ status = {}
 if mode == "cert":
     status = {"clientCertificateData": conf["cert"], "clientKeyData": conf["key"]}
 elif mode != "notoken":
-    status = {"token": f"{conf.get('prefix', 'exec-token')}-{run}"}
+    status = {"token": conf.get("token") or f"{conf.get('prefix', 'exec-token')}-{run}"}
     if conf.get("ttl") is not None:
         exp = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=conf["ttl"])
         status["expirationTimestamp"] = exp.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -383,6 +383,7 @@ EXEC_FAILURES = {
     "non-zero exit": ({"mode": "fail"}, "exited with status 3: boom: credentials unavailable"),
     "garbage": ({"mode": "garbage"}, "printed invalid JSON"),
     "no token": ({"mode": "notoken"}, "neither token nor client certificate"),
+    "token with newline": ({"token": "abc-secret\nX-Evil: 1"}, "token containing control"),
     "wrong apiVersion": (
         {"reply_api": "client.authentication.k8s.io/v1beta1"}, "apiVersion other than"
     ),
@@ -622,3 +623,16 @@ def test_check_permissions(tmp_path):
     warning = check_permissions(kc)
     assert warning and str(kc) in warning and "0644" in warning
     assert check_permissions(tmp_path / "missing") is None
+
+
+def test_registry_longest_match_and_bounded_rotation(monkeypatch):
+    monkeypatch.setattr(credentials, "_pools", {"static": {}, "rotating": {}})
+    monkeypatch.setattr(credentials, "_index", {})
+    monkeypatch.setitem(credentials._LIMITS, "rotating", 3)
+    credentials._register("abcd-static", "abcd-static-and-longer")
+    assert redact("x abcd-static-and-longer y abcd-static z") == "x <redacted> y <redacted> z"
+    credentials._register("abcd-rot-1", "abcd-rot-2", "abcd-rot-3", "abcd-rot-4", pool="rotating")
+    assert redact("abcd-rot-1 abcd-rot-4") == "abcd-rot-1 <redacted>"  # oldest rotated out
+    assert redact("abcd-static") == "<redacted>"  # static secrets never rotate out
+    credentials._register("abc")  # too short to remember: would redact ordinary words
+    assert redact("abc abcd") == "abc abcd"
