@@ -312,7 +312,12 @@ async def test_broken_kubeconfig(case, tmp_path, caplog):
     p = pki()
     path = tmp_path / "broken.yaml"
     # Every variant carries canary secrets in the selected user, to prove none leak.
-    user = {"token": CANARY_TOKEN} if kind != "user" else dict(value)
+    user = {
+        "token": CANARY_TOKEN,
+        "client-certificate-data": b64(p.client_cert),
+        "client-key-data": b64(p.client_key),
+    }
+    user = user if kind != "user" else dict(value)
     user.setdefault("password", CANARY_PASSWORD)
     if kind == "raw":
         path.write_text(value)
@@ -328,7 +333,8 @@ async def test_broken_kubeconfig(case, tmp_path, caplog):
     message = str(err.value)
     assert str(path) in message and expected in message
     assert "\n" not in message
-    for secret in (CANARY_TOKEN, CANARY_PASSWORD, *key_fragments(p.client_key)):
+    keys = (p.client_key, p.other_key, p.encrypted_client_key)
+    for secret in (CANARY_TOKEN, CANARY_PASSWORD, *(f for k in keys for f in key_fragments(k))):
         assert secret not in message
         assert secret not in caplog.text
     assert err.value.__suppress_context__ or err.value.__context__ is None
@@ -400,6 +406,9 @@ async def test_exec_plugin_failures_are_errors(case, tmp_path, caplog):
     assert str(kc) in str(err.value) and f'exec plugin "{plugin.path}"' in str(err.value)
     assert expected in str(err.value)
     assert plugin.runs == 1
+    for leaked in ("exec-token", "abc-secret"):  # plugin stdout is never echoed
+        assert leaked not in str(err.value)
+        assert leaked not in caplog.text
 
 
 async def test_exec_ttl_one_hour_runs_once(tmp_path):
