@@ -16,20 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from fixtures_credentials import (
-    CANARY_PASSWORD,
-    CANARY_TOKEN,
-    SERVER_NAME,
-    Plugin,
-    b64,
-    fake_jwt,
-    key_fragments,
-    pki,
-    process_gone,
-    tls_server,
-    tree_contains,
-    write_kubeconfig,
-)
 from kubernetes.client import Configuration
 from kubernetes.config import kube_config
 
@@ -42,6 +28,24 @@ from fleet_exporter.credentials import (
     load_credentials,
     redact,
 )
+
+try:  # works whether or not tests/ is a package
+    from . import fixtures_credentials as fx
+except ImportError:
+    import fixtures_credentials as fx
+
+CANARY_PASSWORD = fx.CANARY_PASSWORD
+CANARY_TOKEN = fx.CANARY_TOKEN
+SERVER_NAME = fx.SERVER_NAME
+Plugin = fx.Plugin
+b64 = fx.b64
+fake_jwt = fx.fake_jwt
+key_fragments = fx.key_fragments
+pki = fx.pki
+process_gone = fx.process_gone
+tls_server = fx.tls_server
+tree_contains = fx.tree_contains
+write_kubeconfig = fx.write_kubeconfig
 
 SERVER = "https://127.0.0.1:6443"
 
