@@ -6,6 +6,7 @@ Real files, real subprocesses (fake exec plugins written to tmp_path), real TLS 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import json
 import logging
@@ -220,13 +221,21 @@ async def test_inline_key_material_never_left_on_disk(tmp_path, monkeypatch):
     assert kube_config._temp_files == {}
 
 
-async def test_concurrent_loads_with_shared_inline_data_all_succeed(tmp_path):
+async def test_concurrent_loads_with_shared_inline_data_all_succeed(tmp_path, monkeypatch):
+    hooks: list[object] = []  # the package re-registers its exit hook whenever its cache empties
+    monkeypatch.setattr(atexit, "register", hooks.append)
+
+    def unregister(func: object) -> None:
+        hooks[:] = [h for h in hooks if h != func]
+
+    monkeypatch.setattr(atexit, "unregister", unregister)
     p = pki()
     user = {"client-certificate-data": b64(p.client_cert), "client-key-data": b64(p.client_key)}
     paths = [write_kubeconfig(tmp_path / f"k{i}.yaml", ca_cluster(), user) for i in range(24)]
     results = await asyncio.gather(*(load(path) for path in paths), return_exceptions=True)
     assert [r for r in results if not isinstance(r, Credentials)] == []
     assert kube_config._temp_files == {}
+    assert hooks == []  # registered once per load, unregistered once the cache is clean
 
 
 # --- broken kubeconfigs ------------------------------------------------------------------
