@@ -167,12 +167,12 @@ class SimulatedFleet:
         app.router.add_routes(control.routes(self))
         app.router.add_route("*", "/clusters/{cluster}/{tail:.*}", self._handle)
         # handler_cancellation: a client that hangs up ends its hanging/dripping handler.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
         await runner.setup()
         ctx = server_context(self._ca, self._ca.issue_server())
-        site = web.TCPSite(
-            runner, self.host, self._wanted_port, ssl_context=ctx, shutdown_timeout=1.0
-        )
+        site = web.TCPSite(runner, self.host, self._wanted_port, ssl_context=ctx)
         try:
             await site.start()
         except BaseException:
@@ -202,8 +202,8 @@ class SimulatedFleet:
         except KeyError:
             raise KeyError(f"no simulated cluster named {name!r}") from None
 
-    @property
     def names(self) -> list[str]:
+        """Cluster names, in the order of the specs."""
         return list(self.clusters)
 
     @property

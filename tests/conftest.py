@@ -1,0 +1,129 @@
+"""Shared fixtures: a simulated fleet on real TLS sockets and the real exporter in front."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from fleet_exporter.simulator.server import SimulatedFleet
+from prometheus_client.parser import text_string_to_metric_families
+
+from fleet_exporter.app import create_app
+from fleet_exporter.fleet import Fleet
+from fleet_exporter.simulator.fleet import ClusterSpec
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def small_fleet_specs() -> list[ClusterSpec]:
+    """Four clusters that cover the main shapes of health, small enough to be fast."""
+    return [
+        ClusterSpec(name="alpha", volumes=6, nodes=3, seed=1),
+        ClusterSpec(name="beta", volumes=8, nodes=3, degraded_volumes=2, faulted_volumes=1, seed=2),
+        ClusterSpec(name="gamma", volumes=5, nodes=3, seed=3, faults={"snapshots": "403"}),
+        ClusterSpec(name="delta", volumes=4, nodes=2, seed=4),
+    ]
+
+
+@dataclass
+class Env:
+    sim: SimulatedFleet
+    fleet: Fleet
+    url: str
+    clusters: Path
+    session: aiohttp.ClientSession
+
+    async def get(self, path: str, **kw) -> tuple[int, str, aiohttp.typedefs.LooseHeaders]:
+        async with self.session.get(self.url + path, **kw) as r:
+            return r.status, await r.text(), r.headers
+
+    async def probe(self, cluster: str, **kw) -> tuple[int, dict[str, dict], str]:
+        """Status, samples by (name, labels) → value, raw text."""
+        status, text, _ = await self.get(f"/probe?cluster={cluster}", **kw)
+        return status, samples(text) if status == 200 else {}, text
+
+    def upstream_requests(self) -> int:
+        return sum(self.sim.requests(name) for name in self.sim.names())
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(smp: dict, name: str, **labels: str) -> float | None:
+    """The value of the one sample named ``name`` whose labels include ``labels``."""
+    found = [v for (n, lbl), v in smp.items() if n == name and labels.items() <= dict(lbl).items()]
+    if len(found) > 1:
+        raise AssertionError(f"{name}{labels} matches {len(found)} samples")
+    return found[0] if found else None
+
+
+def gunzip_all(data: bytes) -> bytes:
+    """Decode every gzip member, as Go's gzip reader does by default (multistream)."""
+    out = io.BytesIO()
+    while data:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out.write(d.decompress(data))
+        data = d.unused_data
+    return out.getvalue()
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """Poll ``predicate`` (sync or async) until it is truthy; fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > end:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def env(tmp_path) -> AsyncIterator[Env]:
+    async with started_env(tmp_path, small_fleet_specs()) as e:
+        yield e
+
+
+class started_env:
+    """Simulator + exporter on 127.0.0.1 ports; kubeconfigs in ``tmp_path/clusters``."""
+
+    def __init__(self, tmp_path: Path, specs: list[ClusterSpec], fleet_yaml: str | None = None):
+        self.tmp_path, self.specs, self.fleet_yaml = tmp_path, specs, fleet_yaml
+
+    async def __aenter__(self) -> Env:
+        clusters = self.tmp_path / "clusters"
+        clusters.mkdir()
+        self.sim = SimulatedFleet(self.specs)
+        await self.sim.start()
+        self.sim.write_kubeconfigs(clusters)
+        if self.fleet_yaml:
+            (clusters / "fleet.yaml").write_text(self.fleet_yaml)
+        self.fleet = Fleet(clusters)
+        self.runner = web.AppRunner(create_app(self.fleet))
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.session = aiohttp.ClientSession()
+        return Env(self.sim, self.fleet, f"http://127.0.0.1:{port}", clusters, self.session)
+
+    async def __aexit__(self, *exc) -> None:
+        await self.session.close()
+        await self.runner.cleanup()
+        await self.sim.stop()

@@ -1,0 +1,290 @@
+"""The exporter end to end: real sockets, real TLS, the simulated fleet behind it."""
+
+import asyncio
+import gzip
+import shutil
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+from fleet_exporter.credentials import redact
+
+from .conftest import gunzip_all, samples, value, wait_for
+
+TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+
+
+async def test_healthy_cluster(env):
+    status, smp, _text = await env.probe("alpha")
+    assert status == 200
+    assert value(smp, "probe_success") == 1
+    assert value(smp, "longhorn_up") == 1
+    assert value(smp, "probe_timeout_seconds") == 119.5  # no header: blackbox's 120 - 0.5
+    assert 0 < value(smp, "probe_duration_seconds") < 10
+    # Every series carries cluster="alpha", and nothing else names a cluster.
+    assert all(dict(lbl).get("cluster") == "alpha" for (_n, lbl) in smp)
+    healthy = [v for (n, _l), v in smp.items() if n == "longhorn_volume_healthy"]
+    assert len(healthy) == 6
+    assert value(smp, "longhorn_volume_robustness", state="healthy", volume=_volumes(smp)[0]) == 1
+    assert value(smp, "longhorn_exporter_list_success", resource="snapshots") == 1
+    assert value(smp, "longhorn_node_count_total") == 3
+
+
+def _volumes(smp) -> list[str]:
+    return sorted({dict(lbl)["volume"] for (n, lbl) in smp if n == "longhorn_volume_healthy"})
+
+
+async def test_degraded_cluster_shows_degraded_and_faulted_volumes(env):
+    status, smp, _ = await env.probe("beta")
+    assert status == 200
+    assert value(smp, "probe_success") == 1
+    states = {dict(lbl)["state"]: 0 for (n, lbl) in smp if n == "longhorn_volume_robustness"}
+    assert set(states) == {"healthy", "degraded", "faulted", "unknown"}
+    degraded = sum(
+        v
+        for (n, lbl), v in smp.items()
+        if n == "longhorn_volume_robustness" and dict(lbl)["state"] == "degraded"
+    )
+    faulted = sum(
+        v
+        for (n, lbl), v in smp.items()
+        if n == "longhorn_volume_robustness" and dict(lbl)["state"] == "faulted"
+    )
+    assert (degraded, faulted) == (2, 1)
+    unhealthy = sum(1 for (n, _l), v in smp.items() if n == "longhorn_volume_healthy" and v == 0)
+    assert unhealthy == 3
+
+
+async def test_forbidden_resource_costs_only_its_own_metrics(env):
+    status, smp, _ = await env.probe("gamma")
+    assert status == 200
+    assert value(smp, "probe_success") == 1
+    assert value(smp, "longhorn_exporter_list_success", resource="snapshots") == 0
+    assert value(smp, "longhorn_exporter_list_success", resource="volumes") == 1
+    assert value(smp, "longhorn_exporter_scrape_errors_total", resource="snapshots") == 1
+    assert not [n for (n, _l) in smp if n.startswith("longhorn_volume_snapshot")]
+    assert len([n for (n, _l) in smp if n == "longhorn_volume_capacity_bytes"]) == 5
+    _, text, _ = await env.get("/probe?cluster=gamma&debug=true")
+    assert "snapshots" in text
+    assert "403" in text
+
+
+async def test_unknown_missing_and_repeated_names_cause_no_upstream_call(env):
+    before = env.upstream_requests()
+    for query in [
+        "cluster=nope",
+        "cluster=..%2Falpha",
+        "cluster=alpha%00",
+        "",
+        "cluster=alpha&cluster=beta",
+        "cluster=alpha&target=alpha",
+        "cluster=" + "a" * 5000,
+    ]:
+        status, text, _ = await env.get(f"/probe?{query}")
+        assert status == 400, query
+        assert text.count("\n") == 1, "a one-line reason"
+    assert env.upstream_requests() == before
+
+
+async def test_target_alias_for_the_operator_probe_resource(env):
+    status, text, _ = await env.get("/probe?target=delta")
+    assert status == 200
+    assert value(samples(text), "probe_success") == 1
+
+
+async def test_hundred_concurrent_probes_make_one_round_of_calls(env):
+    before = {r: env.sim.requests("alpha", r) for r in ("volumes", "snapshots", "nodes")}
+    results = await asyncio.gather(*(env.probe("alpha") for _ in range(100)))
+    assert {value(smp, "probe_success") for _s, smp, _t in results} == {1}
+    for resource, n in before.items():
+        assert env.sim.requests("alpha", resource) == n + 1, resource
+    # Within the TTL, more probes make no calls at all.
+    await env.probe("alpha")
+    assert env.sim.requests("alpha", "volumes") == before["volumes"] + 1
+
+
+async def test_pagination_reads_every_object(tmp_path):
+    from fleet_exporter.simulator.fleet import ClusterSpec
+
+    from .conftest import started_env
+
+    specs = [ClusterSpec(name="big", volumes=23, nodes=2, seed=9)]
+    async with started_env(tmp_path, specs, "defaults: {page_size: 5}\n") as e:
+        _, smp, _ = await e.probe("big")
+        assert len([n for (n, _l) in smp if n == "longhorn_volume_healthy"]) == 23
+        assert value(smp, "longhorn_exporter_list_objects", resource="volumes") == 23
+        assert e.sim.requests("big", "volumes") == 5  # 23 items, 5 per page
+
+
+async def test_unreachable_cluster_fails_alone(env):
+    (env.clusters / "alpha.yaml").write_text(
+        (env.clusters / "alpha.yaml")
+        .read_text()
+        .replace(env.sim.url_for("alpha"), "https://127.0.0.1:9/x")
+    )
+    await env.fleet.reload()
+    status, smp, _ = await env.probe("alpha")
+    assert status == 200
+    assert value(smp, "probe_success") == 0
+    assert value(smp, "longhorn_up") == 0
+    _, text, _ = await env.get("/probe?cluster=alpha&debug=true")
+    assert "cannot connect" in text
+    _, other, _ = await env.probe("delta")
+    assert value(other, "probe_success") == 1
+
+
+async def test_broken_kubeconfig_is_listed_and_explained(env):
+    (env.clusters / "delta.yaml").write_text("this: [is not a kubeconfig")
+    await env.fleet.reload()
+    status, smp, _ = await env.probe("delta")
+    assert (status, value(smp, "probe_success")) == (200, 0)
+    _, text, _ = await env.get("/probe?cluster=delta&debug=true")
+    assert "delta.yaml" in text
+    _, targets, _ = await env.get("/targets")
+    assert '"delta"' in targets
+    _, metrics, _ = await env.get("/metrics")
+    assert 'fleet_exporter_cluster_config_ok{cluster="delta"} 0.0' in metrics
+    assert 'fleet_exporter_clusters{state="broken"} 1.0' in metrics
+    _, ok, _ = await env.probe("alpha")
+    assert value(ok, "probe_success") == 1
+
+
+async def test_openmetrics_and_gzip(env):
+    headers = {
+        "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        "Accept-Encoding": "gzip",
+    }
+    async with env.session.get(
+        env.url + "/probe?cluster=alpha", headers=headers, auto_decompress=False
+    ) as r:
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert r.headers["Content-Encoding"] == "gzip"
+        raw = await r.read()
+    text = gunzip_all(raw).decode()
+    assert text.endswith("# EOF\n")
+    assert text.count("# EOF") == 1
+    families = {f.name: f for f in om_parse(text)}
+    assert families["probe_success"].samples[0].value == 1
+    assert families["longhorn_exporter_scrape_errors"].type == "counter"
+    # A second request reuses the once-compressed body: same bytes after the head.
+    async with env.session.get(
+        env.url + "/probe?cluster=alpha", headers=headers, auto_decompress=False
+    ) as r:
+        again = await r.read()
+    assert gzip.decompress(again).split(b"\n", 12)[-1] == gzip.decompress(raw).split(b"\n", 12)[-1]
+
+
+async def test_plain_text_by_default(env):
+    _status, text, headers = await env.get("/probe?cluster=alpha")
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "# EOF" not in text
+
+
+async def test_timeout_header_and_stale_data(env):
+    # Fill the cache, then make the cluster slow and let the TTL pass.
+    await env.probe("delta")
+    env.fleet.cache.forget("delta")
+    await env.probe("delta")
+    env.sim.set_latency("delta", 1.5)
+    rt = env.fleet.clusters["delta"]
+    env.fleet.cache._fresh.pop("delta")  # TTL passed
+    status, smp, _ = await env.probe("delta", headers={TIMEOUT_HEADER: "0.8"})
+    assert status == 200
+    assert value(smp, "probe_timeout_seconds") == pytest.approx(0.3)
+    assert value(smp, "probe_success") == 1  # stale but within max_staleness
+    assert value(smp, "probe_duration_seconds") < 0.6
+    assert env.fleet.cache.refreshing("delta")
+    await wait_for(lambda: not env.fleet.cache.refreshing("delta"), timeout=15)
+    _, fresh, _ = await env.probe("delta", headers={TIMEOUT_HEADER: "0.8"})
+    assert value(fresh, "longhorn_exporter_data_age_seconds") < 5
+    assert rt.history.records()[0].source == "hit"
+    assert any(r.source == "stale" for r in rt.history.records())
+
+
+async def test_malformed_timeout_header_is_a_clear_400(env):
+    status, text, _ = await env.get("/probe?cluster=alpha", headers={TIMEOUT_HEADER: "soon"})
+    assert status == 400
+    assert TIMEOUT_HEADER in text
+
+
+async def test_no_data_in_time_is_probe_success_0(env):
+    env.sim.set_latency("delta", 2.0)
+    status, smp, _ = await env.probe("delta", headers={TIMEOUT_HEADER: "0.7"})
+    assert (status, value(smp, "probe_success"), value(smp, "longhorn_up")) == (200, 0, 0)
+
+
+async def test_token_rotation_is_survived_by_reloading_on_401(env):
+    await env.probe("alpha")
+    env.sim.rotate_token("alpha")
+    env.sim.write_kubeconfigs(env.clusters)  # the Secret behind the mount was updated
+    env.fleet.cache.forget("alpha")
+    _, smp, _ = await env.probe("alpha")
+    assert value(smp, "probe_success") == 1
+    _, metrics, _ = await env.get("/metrics")
+    assert 'code="401",resource=' in metrics or 'code="401"' in metrics
+
+
+async def test_self_metrics_and_targets(env):
+    await env.probe("alpha")
+    await env.get("/probe?cluster=nope")
+    _, metrics, _ = await env.get("/metrics")
+    for line in (
+        'fleet_exporter_cluster_configured{cluster="beta"} 1.0',
+        'fleet_exporter_clusters{state="configured"} 4.0',
+        'fleet_exporter_probes_total{cluster="alpha",result="success"} 1.0',
+        'fleet_exporter_requests_rejected_total{reason="unknown_cluster"} 1.0',
+        'fleet_exporter_cache_requests_total{cluster="alpha",result="miss"} 1.0',
+        'fleet_exporter_upstream_requests_total{cluster="alpha",code="200",resource="volumes"} 1.0',
+    ):
+        assert line in metrics, line
+    assert "longhorn_volume" not in metrics
+    _status, body, headers = await env.get("/targets")
+    assert headers["Content-Type"].startswith("application/json")
+    import json
+
+    groups = json.loads(body)
+    assert sorted(g["targets"][0] for g in groups) == ["alpha", "beta", "delta", "gamma"]
+
+
+async def test_health_and_readiness(env):
+    assert (await env.get("/healthz"))[0] == 200
+    status, text, _ = await env.get("/-/ready")
+    assert status == 200
+    assert "4 clusters" in text
+
+
+async def test_reload_adds_removes_and_keeps_cache(env):
+    await env.probe("alpha")
+    calls = env.sim.requests("alpha", "volumes")
+    shutil.copy(env.clusters / "delta.yaml", env.clusters / "epsilon.yaml")
+    (env.clusters / "beta.yaml").unlink()
+    async with env.session.post(env.url + "/-/reload") as r:
+        assert r.status == 200
+        assert "1 added, 1 removed" in await r.text()
+    assert (await env.probe("beta"))[0] == 400
+    assert value((await env.probe("epsilon"))[1], "probe_success") == 1
+    await env.probe("alpha")
+    assert env.sim.requests("alpha", "volumes") == calls  # unchanged cluster kept its cache
+
+
+async def test_failed_reload_keeps_running_config(env):
+    (env.clusters / "fleet.yaml").write_text("defaults: {cache_tll: 3}\n")
+    async with env.session.post(env.url + "/-/reload") as r:
+        assert r.status == 500
+        assert "cache_tll: unknown key" in await r.text()
+    assert value((await env.probe("alpha"))[1], "probe_success") == 1
+    _, metrics, _ = await env.get("/metrics")
+    assert "fleet_exporter_config_last_reload_successful 0.0" in metrics
+
+
+async def test_no_credential_in_any_output(env):
+    tokens = [env.sim.token_for(n) for n in ("alpha", "beta", "gamma", "delta")]
+    bodies = []
+    for name in ("alpha", "beta", "gamma", "delta"):
+        bodies.append((await env.get(f"/probe?cluster={name}&debug=true"))[1])
+        bodies.append((await env.get(f"/probe?cluster={name}"))[1])
+    for path in ("/", "/metrics", "/targets"):
+        bodies.append((await env.get(path))[1])
+    for token in tokens:
+        assert all(token not in b for b in bodies)
+        assert redact(token) == "<redacted>"
