@@ -134,6 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 log.error("the simulated fleet did not start (got %r)", line.strip())
                 return 2
             clusters = sorted(p.stem for p in directory.glob("*.yaml") if p.name != "fleet.yaml")
+            write_demo_settings(directory, clusters)
             host, port = args.listen
             base = f"http://{host or 'localhost'}:{port}"
             print(
@@ -151,6 +152,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 sim.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 sim.kill()
+
+
+def write_demo_settings(directory: Path, clusters: list[str]) -> None:
+    """Give the demo's clusters region/env labels (from names like ``eu-west-prod-01``), so
+    ``/targets`` shows how extra labels reach Prometheus."""
+    lines = ["clusters:"]
+    for name in clusters:
+        parts = name.split("-")
+        if len(parts) >= 3:
+            region, env = "-".join(parts[:-2]), parts[-2]
+            lines.append(f"  {name}:\n    labels: {{region: {region}, env: {env}}}")
+    (directory / "fleet.yaml").write_text("\n".join(lines) + "\n")
 
 
 async def _one_shot(directory: Path, only: set[str] | None, wait: float):

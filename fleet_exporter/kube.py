@@ -216,5 +216,11 @@ def _reason(e: BaseException) -> str:
     """An exception's text without secrets, on one line."""
     text = str(e) or type(e).__name__
     if isinstance(e, aiohttp.ClientConnectorError) and e.os_error is not None:
-        text = f"{e.host}:{e.port}: {e.os_error.strerror or e.os_error}"
+        os_error = e.os_error
+        reason = (
+            "connection refused"
+            if isinstance(os_error, ConnectionRefusedError)
+            else os_error.strerror or str(os_error)
+        )
+        text = f"{e.host}:{e.port}: {reason}"
     return redact(" ".join(text.split()))[:300]
