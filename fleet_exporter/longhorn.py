@@ -18,7 +18,9 @@ they are kept verbatim (escaping is the encoder's job) and never formatted into 
 from __future__ import annotations
 
 import math
+import sys
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +63,7 @@ BACKUP_STATES: tuple[str, ...] = (
     "Unknown",
     "Deleting",
 )
+_BACKUP_STATE = {"": "New", **{s: s for s in BACKUP_STATES}}  # raw -> constant
 BACKUP_IN_PROGRESS = frozenset({"New", "Pending", "InProgress"})
 DEFAULT_BACKUP_TARGET = "default"  # the only target before v1.8, and the default after
 VERSION_SETTING = "current-longhorn-version"
@@ -420,6 +423,9 @@ def to_number(value: Num) -> float | None:
     return number if math.isfinite(number) else None
 
 
+_intern = sys.intern  # enum-like strings repeat on every object: keep one copy of each
+
+
 def _text(value: str | None) -> str:
     value = value or ""
     return value if len(value) <= _MAX_TEXT else value[: _MAX_TEXT - 3] + "..."
@@ -455,7 +461,9 @@ def _conditions(raw: _Conds) -> tuple[Condition, ...]:
             continue
         ctype = c.type or key
         # Metrics lowercase the type (as Longhorn's exporter does): dedupe on that.
-        out[ctype.lower()] = Condition(ctype, c.status, c.reason, _text(c.message))
+        out[ctype.lower()] = Condition(
+            _intern(ctype), _intern(c.status), _intern(c.reason), _text(c.message)
+        )
     return tuple(out.values())
 
 
@@ -504,9 +512,13 @@ class SnapshotStats:
     oldest: float | None = None
     newest: float | None = None
     removed: int = 0  # markRemoved, still in the chain (shown on the triage page)
-    ids: set[int] = field(default_factory=set)  # hash((name, creationTime)) for churn
+    # hash((name, creationTime)) of each counted snapshot, for churn: a set while pages
+    # arrive (duplicates are ignored), then a sorted array('q') (8 bytes per snapshot
+    # instead of ~100 in a set).
+    ids: set[int] | array[int] = field(default_factory=set)
 
     def add(self, ident: int, size: float | None, created: float | None) -> None:
+        assert isinstance(self.ids, set), "snapshot stats are frozen after finish()"
         if ident in self.ids:
             return
         self.ids.add(ident)
@@ -543,7 +555,7 @@ class BackupStats:
     newest_error: str = ""
 
     def add(self, name: str, st: _BackupStatus, created: float | None) -> None:
-        state = st.state if st.state in BACKUP_STATES else ("New" if not st.state else "Unknown")
+        state = _BACKUP_STATE.get(st.state, "Unknown")
         self.counts[state] += 1
         done = parse_time(st.backup_created_at)
         when = done if done is not None else created
@@ -739,16 +751,16 @@ class ClusterReducer:
         self._volumes[meta.name] = VolumeState(
             name=meta.name,
             pvc=kube.pvc_name,
-            pvc_namespace=kube.namespace,
-            node=st.owner_id,
-            attached_node=st.current_node_id,
-            state=st.state,
-            robustness=robustness,
-            frontend=spec.frontend,
-            data_engine=spec.data_engine,
-            access_mode=spec.access_mode,
-            data_locality=spec.data_locality,
-            backup_target=spec.backup_target_name or _label(meta, "backup-target"),
+            pvc_namespace=_intern(kube.namespace),
+            node=_intern(st.owner_id),
+            attached_node=_intern(st.current_node_id),
+            state=_intern(st.state),
+            robustness=_intern(robustness),
+            frontend=_intern(spec.frontend),
+            data_engine=_intern(spec.data_engine),
+            access_mode=_intern(spec.access_mode),
+            data_locality=_intern(spec.data_locality),
+            backup_target=_intern(spec.backup_target_name or _label(meta, "backup-target")),
             number_of_replicas=int(desired) if desired is not None else 0,
             capacity=to_number(spec.size) or 0.0,
             actual_size=to_number(st.actual_size) or 0.0,
@@ -763,9 +775,9 @@ class ClusterReducer:
         volume = spec.volume_name or _label(meta, "longhornvolume")
         self._replicas.setdefault(volume, {})[meta.name] = ReplicaView(
             name=meta.name,
-            node=spec.node_id,
+            node=_intern(spec.node_id),
             failed_at=spec.failed_at or "",
-            state=st.current_state,
+            state=_intern(st.current_state),
             active=spec.active is not False,  # absent on old versions: every replica counts
         )
 
@@ -784,7 +796,7 @@ class ClusterReducer:
             node=spec.node_id,
             active=spec.active is not False,
             state=st.current_state,
-            modes=dict(st.replica_mode_map or {}),
+            modes={k: _intern(v) for k, v in (st.replica_mode_map or {}).items()},
             addresses=dict(st.current_replica_address_map or spec.replica_address_map or {}),
             rebuilding=rebuilding,
             read_only=ro is not None and ro.true,
@@ -912,7 +924,9 @@ class ClusterReducer:
             if replicas is not None:
                 _count_replicas(vs, replicas, engine, with_engines)
             if "snapshots" in complete:
-                vs.snapshots = self._snapshots.get(vs.name) or SnapshotStats()
+                snaps = vs.snapshots = self._snapshots.get(vs.name) or SnapshotStats()
+                if isinstance(snaps.ids, set):
+                    snaps.ids = array("q", sorted(snaps.ids))
             vs.healthy = _volume_healthy(vs)
         return ClusterState(
             now=self.now,
@@ -1205,23 +1219,24 @@ class SnapshotChurn:
     gone are dropped."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, frozenset[int]] = {}
+        self._seen: dict[str, array[int]] = {}
         self.created: dict[str, int] = {}
         self.removed: dict[str, int] = {}
 
     def update(self, state: ClusterState) -> None:
         if not state.has("volumes", "snapshots"):
             return
-        seen: dict[str, frozenset[int]] = {}
+        seen: dict[str, array[int]] = {}
         for name, vs in state.volumes.items():
-            ids = frozenset(vs.snapshots.ids) if vs.snapshots else frozenset()
+            ids = array("q", vs.snapshots.ids if vs.snapshots else ())
             seen[name] = ids
             before = self._seen.get(name)
             if before is None:
                 self.created[name] = self.removed[name] = 0
-            else:
-                self.created[name] += len(ids - before)
-                self.removed[name] += len(before - ids)
+            elif before != ids:  # sorted arrays: equal means no change
+                now, then = set(ids), set(before)
+                self.created[name] += len(now - then)
+                self.removed[name] += len(then - now)
         self._seen = seen
         for gone in [n for n in self.created if n not in seen]:
             del self.created[gone], self.removed[gone]

@@ -246,6 +246,16 @@ def _replica_families(out: _Families, state: ClusterState) -> None:
         "Replicas the volume should have (spec.numberOfReplicas).",
         VOLUME_LABELS,
     ).samples.extend((labels, float(v.number_of_replicas)) for labels, v in _vols(state))
+    if state.has("engines"):
+        out.new(
+            "longhorn_volume_rebuild_progress_ratio",
+            "Progress of the least advanced replica rebuild (0..1); only while rebuilding.",
+            VOLUME_LABELS,
+        ).samples.extend(
+            (labels, v.rebuild_progress)
+            for labels, v in _vols(state)
+            if v.rebuild_progress is not None
+        )
     if not state.has("replicas"):
         return
     present = out.new(
@@ -273,13 +283,6 @@ def _replica_families(out: _Families, state: ClusterState) -> None:
         fam.samples.extend(
             (labels, float(getattr(v, f"replicas_{mode}") or 0)) for labels, v in _vols(state)
         )
-    out.new(
-        "longhorn_volume_rebuild_progress_ratio",
-        "Progress of the least advanced replica rebuild (0..1); only while rebuilding.",
-        VOLUME_LABELS,
-    ).samples.extend(
-        (labels, v.rebuild_progress) for labels, v in _vols(state) if v.rebuild_progress is not None
-    )
 
 
 def _snapshot_families(out: _Families, state: ClusterState, churn: SnapshotChurn) -> None:

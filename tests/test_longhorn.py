@@ -660,6 +660,16 @@ BACKUPS = [
     ),
     backup("b-ghost", "deleted-volume", "Error", "2026-07-09T00:00:00Z"),
 ]
+# Backup objects per state of the pair (v, default) in BACKUPS.
+BACKUP_COUNTS = {
+    "New": 1,
+    "Pending": 0,
+    "InProgress": 1,
+    "Completed": 2,
+    "Error": 1,
+    "Unknown": 1,
+    "Deleting": 0,
+}
 
 
 def test_backup_pairs_latency_and_synced_backups() -> None:
@@ -670,15 +680,7 @@ def test_backup_pairs_latency_and_synced_backups() -> None:
     assert (b.last_success_name, b.last_size, b.last_uploaded) == ("b-synced", 4194304.0, None)
     assert b.last_latency == 330.0
     assert b.last_local == parse_time("2026-07-08T01:05:30Z")
-    assert b.counts == {
-        "New": 1,
-        "Pending": 0,
-        "InProgress": 1,
-        "Completed": 2,
-        "Error": 1,
-        "Unknown": 1,
-        "Deleting": 0,
-    }
+    assert b.counts == BACKUP_COUNTS
     assert b.oldest_in_progress == parse_time("2026-07-09T20:00:00Z")
     assert (b.newest_state, b.newest_key) == ("New", (parse_time("2026-07-09T23:00:00Z"), "b-new"))
     dr = state.backups[("v", "s3-dr")]

@@ -13,8 +13,12 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_longhorn import (
+
+from fleet_exporter.longhorn import ClusterState, SnapshotChurn, parse_time
+from fleet_exporter.metrics import Family, encode, longhorn_families
+from tests.test_longhorn import (
     ALL,
+    BACKUP_COUNTS,
     BACKUPS,
     EXAMPLE_VOLUME,
     HOSTILE,
@@ -29,9 +33,6 @@ from test_longhorn import (
     snapshot,
     volume,
 )
-
-from fleet_exporter.longhorn import ClusterState, SnapshotChurn, parse_time
-from fleet_exporter.metrics import Family, encode, longhorn_families
 
 HOSTILE_VALUES = ['a"b', "back\\slash", "new\nline", "ünïcødé 卷 🚀", "", "%s %d {0}", "\\n"]
 
@@ -320,15 +321,7 @@ def test_backup_metrics() -> None:
         for k, v in s.items()
         if k[0] == "longhorn_backups" and dict(k[1])["backup_target"] == "default"
     }
-    assert by_state == {
-        "New": 1,
-        "Pending": 0,
-        "InProgress": 1,
-        "Completed": 2,
-        "Error": 1,
-        "Unknown": 1,
-        "Deleting": 0,
-    }
+    assert by_state == BACKUP_COUNTS
     dr = {"volume": "v", "backup_target": "s3-dr"}
     assert series(s, "longhorn_backup_last_latency_seconds", **dr) == 60
     assert (
