@@ -24,6 +24,8 @@ from fleet_exporter.longhorn import (
     parse_time,
     to_number,
 )
+from fleet_exporter.simulator.fleet import ClusterSpec
+from fleet_exporter.simulator.objects import build_cluster
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 NOW = parse_time("2026-07-10T00:00:00Z")
@@ -204,6 +206,29 @@ def reduce_objects(
         info = reducer.add_page(resource, page(items))
         assert info.malformed == 0, resource
     return reducer.finish(complete)
+
+
+def reduce_simulated(
+    spec: ClusterSpec, complete: frozenset[str] = ALL, refreshes: int = 1
+) -> tuple[ClusterState, SnapshotChurn, dict[str, tuple[int, int]]]:
+    """A simulated cluster through the reducer in pages of 500, ``refreshes`` times (so
+    churn counters exist after two): the state, the churn, and (objects, malformed) per
+    resource as the last refresh listed them."""
+    objects = build_cluster(spec, now=NOW)
+    churn = SnapshotChurn()
+    for _ in range(refreshes):
+        reducer = ClusterReducer(now=NOW)
+        listed: dict[str, tuple[int, int]] = {}
+        for resource in RESOURCES:
+            items = objects.items[resource]
+            infos = [
+                reducer.add_page(resource, page(items[start : start + 500]))
+                for start in range(0, max(len(items), 1), 500)
+            ]
+            listed[resource] = (sum(i.items for i in infos), sum(i.malformed for i in infos))
+        state = reducer.finish(complete)
+        churn.update(state)
+    return state, churn, listed
 
 
 # --------------------------------------------------------------------------- examples

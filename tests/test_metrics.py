@@ -16,19 +16,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleet_exporter.longhorn import ClusterState, SnapshotChurn, parse_time
 from fleet_exporter.metrics import Family, encode, longhorn_families
+from fleet_exporter.simulator.fleet import ClusterSpec
 from tests.test_longhorn import (
     ALL,
     BACKUP_COUNTS,
     BACKUPS,
     EXAMPLE_VOLUME,
     HOSTILE,
-    NOW,
     backup,
     cond,
     engine,
     example,
-    page,
     reduce_objects,
+    reduce_simulated,
     replica,
     snapshot,
     volume,
@@ -514,10 +514,6 @@ def expected_series(state: ClusterState) -> tuple[int, int]:
 
 
 def test_cardinality_formula_on_a_simulated_cluster() -> None:
-    from fleet_exporter.longhorn import ClusterReducer
-    from fleet_exporter.simulator.fleet import ClusterSpec
-    from fleet_exporter.simulator.objects import build_cluster
-
     spec = ClusterSpec(
         name="card",
         volumes=120,
@@ -532,13 +528,7 @@ def test_cardinality_formula_on_a_simulated_cluster() -> None:
         nodes_down=1,
         hostile_names=True,
     )
-    objects = build_cluster(spec, now=NOW)
-    reducer = ClusterReducer(now=NOW)
-    for resource in ALL:
-        reducer.add_page(resource, page(objects.items[resource]))
-    state = reducer.finish(ALL)
-    churn = SnapshotChurn()
-    churn.update(state)
+    state, churn, _ = reduce_simulated(spec)
     count = sum(len(f.samples) for f in longhorn_families(state, churn))
     bound, absent = expected_series(state)
     assert count == bound - absent

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet_exporter.longhorn import RESOURCES, ClusterReducer, ClusterState, SnapshotChurn
+from fleet_exporter.longhorn import RESOURCES, ClusterState, SnapshotChurn
 from fleet_exporter.metrics import VOLUME_LABELS, Family, longhorn_families
 from fleet_exporter.simulator.fleet import ClusterSpec
-from fleet_exporter.simulator.objects import build_cluster
-from tests.test_longhorn import NOW, page
+from tests.test_longhorn import reduce_simulated
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 # Sections rendered by the lead (probe head, collection, the exporter's own /metrics).
@@ -81,14 +80,7 @@ def every_path_state(complete: frozenset[str] = ALL) -> tuple[ClusterState, Snap
         hostile_names=True,
         malformed=True,
     )
-    churn = SnapshotChurn()
-    for _ in range(2):
-        objects = build_cluster(spec, now=NOW)
-        reducer = ClusterReducer(now=NOW)
-        for resource in RESOURCES:
-            reducer.add_page(resource, page(objects.items[resource]))
-        state = reducer.finish(complete)
-        churn.update(state)
+    state, churn, _ = reduce_simulated(spec, complete, refreshes=2)
     return state, churn
 
 

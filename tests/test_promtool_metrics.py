@@ -10,12 +10,10 @@ from collections import Counter
 
 import pytest
 
-from fleet_exporter.longhorn import RESOURCES, ClusterReducer, SnapshotChurn
 from fleet_exporter.metrics import encode, longhorn_families
 from fleet_exporter.probe import ResourceResult, collection_families
 from fleet_exporter.simulator.fleet import ClusterSpec
-from fleet_exporter.simulator.objects import build_cluster
-from tests.test_longhorn import NOW, page
+from tests.test_longhorn import reduce_simulated
 
 ALLOWED = 'longhorn_node_count_total non-counter metrics should not have "_total" suffix'
 
@@ -62,18 +60,11 @@ def test_large_cluster_answer_passes_promtool() -> None:
         hostile_names=True,
         malformed=True,
     )
-    objects = build_cluster(spec, now=NOW)
-    reducer = ClusterReducer(now=NOW)
-    results = {r: ResourceResult(ok=True) for r in RESOURCES}
-    for resource in RESOURCES:
-        items = objects.items[resource]
-        for start in range(0, max(len(items), 1), 500):
-            info = reducer.add_page(resource, page(items[start : start + 500]))
-            results[resource].objects += info.items
-            results[resource].malformed += info.malformed
-    state = reducer.finish(frozenset(RESOURCES))
-    churn = SnapshotChurn()
-    churn.update(state)
+    state, churn, listed = reduce_simulated(spec)
+    results = {
+        r: ResourceResult(ok=True, objects=n, malformed=bad) for r, (n, bad) in listed.items()
+    }
+    assert results["volumes"].malformed > 0  # the simulator's broken objects were skipped
     families = [
         *collection_families(True, results, Counter({"snapshots": 2})),
         *longhorn_families(state, churn),
