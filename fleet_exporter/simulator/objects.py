@@ -173,7 +173,9 @@ class _Builder:
         self.bucket = f"s3://{spec.name}-longhorn-backups@{self.rng.choice(_S3_REGIONS)}/"
         # The backup controller re-synced the target at this time: backups finished before
         # it carry it as their creationTimestamp ("synced from the target").
-        self.synced_at = now - self.rng.uniform(2, 9) * DAY
+        # Placed inside the backup history, so older backups show it and newer ones do not.
+        history = max(1.5, spec.backups_per_volume - 0.5)
+        self.synced_at = now - self.rng.uniform(1.2, history) * DAY
         self.summary: dict[str, Any] = {}
 
     # -- helpers -------------------------------------------------------------------------

@@ -85,6 +85,9 @@ class ClusterStore:
         }
         self._pages: dict[tuple[str, int, int, bool], Page] = {}
 
+    def count(self, plural: str) -> int:
+        return len(self.items[plural])
+
     def page(self, plural: str, start: int, limit: int, accept_gzip: bool = False) -> Page:
         """Items [start, start+limit) of `plural` (all from `start` when limit <= 0).
 

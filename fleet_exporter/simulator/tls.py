@@ -114,15 +114,21 @@ class CertificateAuthority:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
         return self._issue(subject, ExtendedKeyUsageOID.SERVER_AUTH, sans)
 
-    def issue_client(self, common_name: str, organization: str = "fleet-exporter") -> KeyPair:
-        """A client certificate; kube-apiserver reads CN as the user and O as a group."""
+    def issue_client(
+        self,
+        common_name: str,
+        organization: str = "fleet-exporter",
+        sans: list[x509.GeneralName] | None = None,
+    ) -> KeyPair:
+        """A client certificate; kube-apiserver reads CN as the user and O as a group.
+        `sans` (e.g. a DNS name or SPIFFE URI) are for servers that match on SANs."""
         subject = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
                 x509.NameAttribute(NameOID.COMMON_NAME, common_name),
             ]
         )
-        return self._issue(subject, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        return self._issue(subject, ExtendedKeyUsageOID.CLIENT_AUTH, sans or [])
 
 
 def _load_chain(ctx: ssl.SSLContext, pair: KeyPair) -> None:
