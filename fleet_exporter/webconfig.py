@@ -710,8 +710,8 @@ class WebConfig:
         self.reloads = 0
         self.reload_failures = 0
         self._state = self._load(None)
-        self._front = self._state.context
-        assert self._front is None or isinstance(self._front, ListeningContext)
+        front = self._state.context
+        self._front = front if isinstance(front, ListeningContext) else None
         if self._front is not None:
             self._front.sni_callback = self._on_client_hello
         self._checked = clock()
@@ -748,6 +748,10 @@ class WebConfig:
             h.update(len(data).to_bytes(8, "big") + data)
         return h.digest()
 
+    def _watched(self) -> tuple[Path, ...]:
+        tls = self._state.settings.tls
+        return tuple(dict.fromkeys((*(tls.files if tls else ()), *self._attempted)))
+
     def _load(self, old: _State | None) -> _State:
         text = _read(self.path, "file", self.path)
         try:
@@ -763,10 +767,11 @@ class WebConfig:
             raise WebConfigError(
                 f"web config {self.path}: tls_server_config: turning TLS on or off needs a restart"
             )
-        bucket = None
-        if settings.rate_limit is not None:
-            same = old is not None and old.bucket and old.bucket.limit == settings.rate_limit
-            bucket = old.bucket if same else TokenBucket(settings.rate_limit, self._clock)  # type: ignore[union-attr]
+        bucket = old.bucket if old is not None else None
+        if settings.rate_limit is None:
+            bucket = None
+        elif bucket is None or bucket.limit != settings.rate_limit:
+            bucket = TokenBucket(settings.rate_limit, self._clock)  # else keep its tokens
         costs = [int(h[4:6]) for h in settings.users.values()]
         return _State(settings, digest, context, bucket, dummy_hash(max(costs, default=10)))
 
@@ -774,10 +779,10 @@ class WebConfig:
         s = self.settings
         tls = f"TLS ({s.tls.client_auth_type})" if s.tls else "plain HTTP"
         rate = f"{s.rate_limit.burst} per {s.rate_limit.interval:g}s" if s.rate_limit else "off"
+        users = len(s.users)
         log.info(
-            "web config %s: %s, basic auth for %d users, rate limit %s",
-            self.path, tls, len(s.users), rate,
-        )  # fmt: skip
+            "web config %s: %s, basic auth: %d users, rate limit: %s", self.path, tls, users, rate
+        )
         for warning in s.warnings:
             log.warning("web config %s: %s", self.path, warning)
 
@@ -790,18 +795,21 @@ class WebConfig:
             return False
         self._checked = now
         old = self._state
-        files = tuple(
-            dict.fromkeys((*(old.settings.tls.files if old.settings.tls else ()), *self._attempted))
-        )
-        digest = self._digest(files)
-        if digest in (old.digest, self._failed):
+        if self._digest(self._watched()) in (old.digest, self._failed):
             return False
         try:
             new = self._load(old)
-        except WebConfigError as e:
-            self._failed, self.last_error = digest, str(e)
+        except Exception as e:
+            # WebConfigError is safe to show; anything else only by type (it is a bug here).
+            if isinstance(e, WebConfigError):
+                self.last_error = str(e)
+            else:
+                self.last_error = f"web config {self.path}: cannot load: {type(e).__name__}"
+            # The files of the attempted config are watched too: one that appears later
+            # (a certificate written after the config naming it) is a change to retry on.
+            self._failed = self._digest(self._watched())
             self.reload_failures += 1
-            log.error("%s; keeping the previous web config", e)
+            log.error("%s; keeping the previous web config", self.last_error)
             return False
         if self._front is not None and new.context is not None:
             _retune(self._front, new.context)

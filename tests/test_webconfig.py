@@ -491,6 +491,23 @@ async def test_broken_certificate_keeps_serving_the_old_one(tmp_path, client, ca
     assert p.server2.key_pem not in caplog.text
 
 
+async def test_certificate_files_named_before_they_exist(tmp_path, client, caplog):
+    p = pki()
+    write_pair(tmp_path, p.server)
+    cfg = WebConfig.load(write_config(tmp_path, {"tls_server_config": tls_doc()}), check_interval=0)
+    trusted = client_context(p.ca.cert_pem)
+    async with serve(cfg) as url:
+        tls = {"cert_file": "next.crt", "key_file": "next.key"}
+        write_config(tmp_path, {"tls_server_config": tls})
+        for _ in range(3):
+            assert (await client.get(f"{url}/", ssl=trusted))[0] == 200
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "tls_server_config.cert_file: cannot read" in errors[0]
+        write_pair(tmp_path, p.server2, "next")
+        assert (await client.get(f"{url}/", ssl=trusted))[0] == 200
+        assert cfg.reloads == 1 and cfg.last_error is None
+
+
 def test_checks_at_most_once_per_interval(tmp_path):
     now = [0.0]
     path = write_config(tmp_path, {"basic_auth_users": {"alice": hash_pw(PASSWORD)}})
