@@ -5,7 +5,7 @@ bcrypt basic auth, a rate limit, a few response headers); this module reads the 
 strictly, so a typo is an error naming the key instead of a silently open server.
 
 Where Python's ``ssl`` cannot do exactly what Go's ``crypto/tls`` does, the difference is
-explicit (each case warns once per load, and the README of the toolkit format still holds):
+explicit: a warning logged at each load, or an error naming the key.
 
 - ``RequestClientCert``: the toolkit asks for a certificate and never checks it, so access is
   the same as ``NoClientCert``; here no certificate is requested at all.
@@ -30,7 +30,11 @@ request middleware and from every TLS ClientHello), compared by content hash. A 
 applied only if the whole new configuration loads; otherwise the old one stays and the error
 is logged once per distinct broken state. New certificates and client CAs take effect from
 the very next handshake: the ClientHello callback switches the connection to the newly built
-``SSLContext``. Turning TLS on or off needs a restart, as with the toolkit.
+``SSLContext`` (``load_cert_chain`` on the listening context would reach only connections
+created after the call, and its CA store can only grow). A connection created just before a
+change of client_auth_type, TLS versions or ciphers is refused in its handshake rather than
+served under the old policy. Connections already established stay up, as in Go. Turning TLS
+on or off needs a restart, as with the toolkit.
 
 Secrets (passwords, bcrypt hashes, inline keys) never appear in errors, logs or responses.
 """

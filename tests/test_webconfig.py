@@ -474,38 +474,47 @@ async def test_broken_new_file_keeps_the_old_config_and_logs_once(tmp_path, clie
         assert secret not in everything
 
 
-async def test_broken_certificate_keeps_serving_the_old_one(tmp_path, client, caplog):
+def mismatched_key(d: Path) -> None:
+    (d / "server.key").write_text(pki().server2.key_pem)
+
+
+def names_missing_files(d: Path) -> None:
+    write_config(d, {"tls_server_config": {"cert_file": "next.crt", "key_file": "next.key"}})
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message", "fix"),
+    [
+        (
+            mismatched_key,
+            "does not match the certificate",
+            lambda d: (d / "server.crt").write_text(pki().server2.cert_pem),
+        ),
+        (
+            # A config naming certificate files written after it: retried when they appear.
+            names_missing_files,
+            "tls_server_config.cert_file: cannot read",
+            lambda d: write_pair(d, pki().server2, "next"),
+        ),
+    ],
+)
+async def test_broken_tls_files_keep_the_old_certificate(
+    tmp_path, client, caplog, breakage, message, fix
+):
     p = pki()
     write_pair(tmp_path, p.server)
     cfg = WebConfig.load(write_config(tmp_path, {"tls_server_config": tls_doc()}), check_interval=0)
     trusted = client_context(p.ca.cert_pem)
     async with serve(cfg) as url:
-        (tmp_path / "server.key").write_text(p.server2.key_pem)  # no longer matches the cert
+        breakage(tmp_path)
         for _ in range(3):
             assert (await client.get(f"{url}/", ssl=trusted))[0] == 200
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert len(errors) == 1 and "does not match" in errors[0]
-        (tmp_path / "server.crt").write_text(p.server2.cert_pem)
-        assert (await client.get(f"{url}/", ssl=trusted))[0] == 200
-        assert cfg.reloads == 1
-    assert p.server2.key_pem not in caplog.text
-
-
-async def test_certificate_files_named_before_they_exist(tmp_path, client, caplog):
-    p = pki()
-    write_pair(tmp_path, p.server)
-    cfg = WebConfig.load(write_config(tmp_path, {"tls_server_config": tls_doc()}), check_interval=0)
-    trusted = client_context(p.ca.cert_pem)
-    async with serve(cfg) as url:
-        tls = {"cert_file": "next.crt", "key_file": "next.key"}
-        write_config(tmp_path, {"tls_server_config": tls})
-        for _ in range(3):
-            assert (await client.get(f"{url}/", ssl=trusted))[0] == 200
-        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert len(errors) == 1 and "tls_server_config.cert_file: cannot read" in errors[0]
-        write_pair(tmp_path, p.server2, "next")
+        assert len(errors) == 1 and message in errors[0]
+        fix(tmp_path)
         assert (await client.get(f"{url}/", ssl=trusted))[0] == 200
         assert cfg.reloads == 1 and cfg.last_error is None
+    assert p.server2.key_pem not in caplog.text
 
 
 def test_checks_at_most_once_per_interval(tmp_path):
