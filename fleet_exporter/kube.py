@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -25,6 +26,7 @@ from .credentials import Credentials, CredentialsError, redact
 LONGHORN_API = "/apis/longhorn.io/v1beta2"
 USER_AGENT = f"fleet-exporter/{__version__}"
 # Statuses worth one more try: the server said "later" or the request never got an answer.
+T = TypeVar("T")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 3
 BACKOFF = 0.2  # seconds before the 2nd attempt, doubled for the 3rd
@@ -88,10 +90,17 @@ class KubeClient:
         self._base = f"{base}{LONGHORN_API}/namespaces/{quote(settings.namespace, safe='')}/"
 
     async def list_page(
-        self, resource: str, continue_token: str, deadline: float, page: int = 1
-    ) -> bytearray:
-        """The body of one list page. Raises UpstreamError; never waits past ``deadline``
-        (a ``time.monotonic()`` value)."""
+        self,
+        resource: str,
+        continue_token: str,
+        deadline: float,
+        parse: Callable[[bytearray], T],
+        page: int = 1,
+    ) -> T:
+        """One list page, handed to ``parse`` (which raises ValueError for a body that is
+        not a usable list). Raises UpstreamError; never waits past ``deadline`` (a
+        ``time.monotonic()`` value). Each call is reported once, with its final code, so a
+        200 carrying garbage counts as ``invalid``."""
         params = {"limit": str(self.settings.page_size)}
         if continue_token:
             params["continue"] = continue_token
@@ -105,6 +114,11 @@ class KubeClient:
             try:
                 body = await self._get(url, params, deadline)
                 size = len(body)
+                try:
+                    result = parse(body)
+                except ValueError as e:
+                    raise UpstreamError("invalid", f"page {page}: {e}") from None
+                del body  # parse kept what it needs
             except UpstreamError as e:
                 self.on_call(Call(resource, page, e.code, time.monotonic() - started, size, str(e)))
                 if e.status == 401 and not reloaded:
@@ -128,7 +142,7 @@ class KubeClient:
                     continue
                 raise
             self.on_call(Call(resource, page, "200", time.monotonic() - started, size))
-            return body
+            return result
 
     async def _get(self, url: str, params: dict[str, str], deadline: float) -> bytearray:
         remaining = deadline - time.monotonic()

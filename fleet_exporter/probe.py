@@ -17,12 +17,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import aiohttp
 
 from .kube import Call, KubeClient, UpstreamError
-from .longhorn import CORE_RESOURCES, RESOURCES, ClusterReducer, ClusterState, PageError
+from .longhorn import CORE_RESOURCES, RESOURCES, ClusterReducer, ClusterState
 from .metrics import Family, encode, longhorn_families
 
 if TYPE_CHECKING:
@@ -145,12 +146,9 @@ async def refresh_cluster(
                             "invalid", f"more than {settings.max_pages} pages; continue never ends"
                         )
                     result.pages += 1
-                    body = await client.list_page(resource, token, deadline, result.pages)
-                    try:
-                        page = reducer.add_page(resource, body)
-                    except PageError as e:
-                        raise UpstreamError("invalid", f"page {result.pages}: {e}") from None
-                    del body  # the reducer kept what the metrics need
+                    page = await client.list_page(
+                        resource, token, deadline, partial(reducer.add_page, resource), result.pages
+                    )
                     result.objects += page.items
                     result.malformed += page.malformed
                     token = page.continue_token
@@ -171,8 +169,8 @@ async def refresh_cluster(
     # Joining and building families for a 2,000-volume cluster takes tens of ms of pure
     # Python; in a thread the event loop keeps getting the GIL every few milliseconds.
     state, families = await asyncio.to_thread(_reduce, rt, reducer, complete)
-    partial = [res.error for res in resources.values() if res.error]
-    error = f"partial data: {'; '.join(partial)}" if partial else None
+    failures = [res.error for res in resources.values() if res.error]
+    error = f"partial data: {'; '.join(failures)}" if failures else None
     return _finish(rt, True, error, calls, resources, state, started_at, families)
 
 

@@ -103,13 +103,20 @@ async def env(tmp_path) -> AsyncIterator[Env]:
 class started_env:
     """Simulator + exporter on 127.0.0.1 ports; kubeconfigs in ``tmp_path/clusters``."""
 
-    def __init__(self, tmp_path: Path, specs: list[ClusterSpec], fleet_yaml: str | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        specs: list[ClusterSpec],
+        fleet_yaml: str | None = None,
+        **sim_options,
+    ):
         self.tmp_path, self.specs, self.fleet_yaml = tmp_path, specs, fleet_yaml
+        self.sim_options = sim_options
 
     async def __aenter__(self) -> Env:
         clusters = self.tmp_path / "clusters"
         clusters.mkdir()
-        self.sim = SimulatedFleet(self.specs)
+        self.sim = SimulatedFleet(self.specs, **self.sim_options)
         await self.sim.start()
         self.sim.write_kubeconfigs(clusters)
         if self.fleet_yaml:
