@@ -12,12 +12,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from fleet_exporter.simulator.server import SimulatedFleet
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet_exporter.app import create_app
 from fleet_exporter.fleet import Fleet
 from fleet_exporter.simulator.fleet import ClusterSpec
+from fleet_exporter.simulator.server import SimulatedFleet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -134,3 +134,31 @@ class started_env:
         await self.session.close()
         await self.runner.cleanup()
         await self.sim.stop()
+
+
+class BackgroundEnv:
+    """``started_env`` on its own event loop in a thread, for synchronous tests (hypothesis
+    drives plain functions) that talk to the exporter over real sockets."""
+
+    def __init__(self, tmp_path: Path, specs: list[ClusterSpec], fleet_yaml: str | None = None):
+        self._ctx = started_env(tmp_path, specs, fleet_yaml)
+        self.loop = asyncio.new_event_loop()
+        self._thread = None
+        self.env: Env | None = None
+
+    def __enter__(self) -> Env:
+        import threading
+
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.env = asyncio.run_coroutine_threadsafe(self._ctx.__aenter__(), self.loop).result(60)
+        return self.env
+
+    def run(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __exit__(self, *exc) -> None:
+        self.run(self._ctx.__aexit__(None, None, None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
