@@ -21,6 +21,7 @@ from aiohttp import web
 from . import __version__
 from .config import ConfigError
 from .credentials import RedactingFilter
+from .webconfig import WebConfig, WebConfigError
 
 log = logging.getLogger("fleet_exporter")
 
@@ -76,8 +77,18 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
     from .app import FLEET, create_app
     from .fleet import Fleet
 
+    web_config = None
+    if args.web_config_file:
+        try:
+            web_config = WebConfig.load(Path(args.web_config_file))
+        except WebConfigError as e:
+            log.error("cannot start: %s", e)
+            return 2
     fleet = Fleet(directory)
     app = create_app(fleet)
+    if web_config is not None:
+        # Outermost: TLS peer checks, rate limit and basic auth come before any handler.
+        app.middlewares.insert(0, web_config.middleware)
 
     async def on_startup(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
@@ -98,6 +109,7 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
             host=host,
             port=port,
             shutdown_timeout=args.shutdown_timeout,
+            ssl_context=web_config.ssl_context if web_config else None,
             print=None,
             access_log=logging.getLogger("aiohttp.access"),
         )
@@ -136,7 +148,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             clusters = sorted(p.stem for p in directory.glob("*.yaml") if p.name != "fleet.yaml")
             write_demo_settings(directory, clusters)
             host, port = args.listen
-            base = f"http://{host or 'localhost'}:{port}"
+            scheme = "https" if args.web_config_file else "http"
+            base = f"{scheme}://{host or 'localhost'}:{port}"
             print(
                 f"Simulated fleet of {len(clusters)} Longhorn clusters is up "
                 f"(kubeconfigs in {directory}).\n"
@@ -273,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="directory of kubeconfigs and fleet.yaml",
         )
 
+    def web_config_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--web.config.file",
+            dest="web_config_file",
+            metavar="FILE",
+            help="exporter-toolkit web config: TLS, client certificates, basic auth, rate "
+            "limit (re-read when it changes)",
+        )
+
     serve = sub.add_parser("serve", help="serve /probe, /metrics, /targets and the pages")
     clusters_arg(serve)
     serve.add_argument(
@@ -289,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long in-flight requests may finish after SIGTERM",
     )
+    web_config_arg(serve)
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run the exporter over a simulated fleet of 51 clusters")
@@ -298,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=parse_listen(f"127.0.0.1:{DEFAULT_PORT}"),
         metavar="HOST:PORT",
     )
+    web_config_arg(demo)
     demo.add_argument("--fleet", default="demo", choices=["demo", "sized", "small500"])
     demo.add_argument("--shutdown-timeout", type=float, default=5.0, help=argparse.SUPPRESS)
     demo.set_defaults(func=cmd_demo)
