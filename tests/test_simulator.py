@@ -107,12 +107,17 @@ def _errors(schemas: dict, obj: dict[str, Any]) -> list[str]:
 
 def test_demo_fleet_objects_validate_against_the_real_crds(crd_schemas):
     specs = [s for s in demo_fleet() if not s.unreachable]
-    assert any(s.hostile_names for s in specs)
+    assert any(s.hostile_names for s in specs) and any(s.malformed for s in specs)
     checked: dict[tuple[str, Any], str] = {}
     kinds = Counter()
     for spec in specs:
-        for plural, objs in build_cluster(spec, now=NOW).items.items():
+        objects = build_cluster(spec, now=NOW)
+        malformed = set(objects.malformed)
+        for plural, objs in objects.items.items():
             for obj in objs:
+                if (plural, obj["metadata"]["name"]) in malformed:
+                    assert _errors(crd_schemas, obj), f"{plural} {obj['metadata']['name']}"
+                    continue
                 kinds[plural] += 1
                 schema = crd_schemas[(obj["apiVersion"], obj["kind"])]
                 key = (obj["kind"], _shape(obj, schema))
@@ -347,6 +352,12 @@ def test_spec_validation_names_the_problem():
         ClusterSpec("x", longhorn_version="latest")
     with pytest.raises(ValueError, match="fraction"):
         ClusterSpec("x", degraded_volumes=1.5)
+    with pytest.raises(ValueError, match="nodes must be an int"):
+        ClusterSpec("x", nodes="3")
+    with pytest.raises(ValueError, match="unknown resource 'widgets'"):
+        SimulatedFleet([ClusterSpec("x", faults={"widgets": 503})])
+    with pytest.raises(ValueError, match="duplicate cluster names: x"):
+        SimulatedFleet([ClusterSpec("x"), ClusterSpec("x")])
     assert ClusterSpec("x", volumes=10, degraded_volumes=0.25).count("degraded_volumes") == 2
 
 

@@ -96,7 +96,7 @@ def http_fault(code: int, resource: str, namespace: str) -> web.Response:
             {"group": "longhorn.io", "kind": resource},
         )
     if code == 404:
-        return status_response(404, "the server could not find the requested resource", {})
+        return not_found()
     if code == 429:
         return status_response(
             429,
@@ -110,6 +110,10 @@ def http_fault(code: int, resource: str, namespace: str) -> web.Response:
             500, f"Internal error occurred: {cause}", {"causes": [{"message": cause}]}
         )
     return status_response(503, "the server is currently unable to handle the request")
+
+
+def not_found() -> web.Response:
+    return status_response(404, "the server could not find the requested resource", {})
 
 
 def expired() -> web.Response:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 
 # Faults the server can inject, by name. HTTP status faults answer with kube-apiserver's
 # `Status` JSON; the others misbehave at the transport or body level (see server.py).
@@ -57,6 +57,17 @@ BACKUP_KNOBS = {
     "overdue_backups": "overdue",
 }
 VOLUME_KNOBS = (*STATE_KNOBS, *BACKUP_KNOBS, "too_many_snapshots_volumes")
+_INT_FIELDS = (
+    "volumes",
+    "replicas_per_volume",
+    "snapshots_per_volume",
+    "backups_per_volume",
+    "nodes",
+    "disks_per_node",
+    "seed",
+    "nodes_down",
+    "disks_under_pressure",
+)
 
 
 def normalize_fault(fault: str | int) -> str:
@@ -132,14 +143,12 @@ class ClusterSpec:
                 f"cluster name {self.name!r} must be lowercase letters, digits and '-' "
                 "(a DNS label, at most 63 characters)"
             )
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in VOLUME_KNOBS:
-                self._check_knob(f.name, value)
-            elif f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{self.name}: {f.name} must be an int, got {value!r}")
-            elif f.type == "int" and value < 0:
-                raise ValueError(f"{self.name}: {f.name} must be >= 0, got {value}")
+        for field_name in _INT_FIELDS:
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{self.name}: {field_name} must be an int >= 0, got {value!r}")
+        for knob in VOLUME_KNOBS:
+            self._check_knob(knob, getattr(self, knob))
         if self.nodes < 1 or self.disks_per_node < 1:
             raise ValueError(f"{self.name}: nodes and disks_per_node must be at least 1")
         if self.replicas_per_volume < 1:
@@ -150,7 +159,10 @@ class ClusterSpec:
             raise ValueError(f"{self.name}: disks_under_pressure exceeds the number of disks")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"{self.name}: auth must be one of {AUTH_MODES}, got {self.auth!r}")
-        if not (0 <= float(self.latency_seconds) < 3600):
+        latency = self.latency_seconds
+        if isinstance(latency, bool) or not isinstance(latency, int | float):
+            raise ValueError(f"{self.name}: latency_seconds must be a number, got {latency!r}")
+        if not 0 <= latency < 3600:
             raise ValueError(f"{self.name}: latency_seconds must be in [0, 3600)")
         parse_version(self.longhorn_version)
         self.faults = {str(k): normalize_fault(v) for k, v in self.faults.items()}
@@ -217,10 +229,11 @@ def demo_fleet(n: int = 51, seed: int = 1) -> list[ClusterSpec]:
     """A varied fleet for the demo: mostly small healthy clusters plus a long tail and
     one or two of each problem a dashboard should show.
 
-    With n >= 12 it contains: degraded volumes, a faulted volume, failing, stuck and overdue
+    With n >= 13 it contains: degraded volumes, a faulted volume, failing, stuck and overdue
     backups, never-backed-up volumes, a down node, disks under pressure, an unavailable
     backup target, a cluster whose RBAC forbids `snapshots` (403), one using client
-    certificates, one with hostile names, and one whose API server is unreachable.
+    certificates, one with hostile names and malformed objects, one whose kubeconfig sets
+    `tls-server-name`, and one whose API server is unreachable.
     """
     if n < 1:
         raise ValueError("demo_fleet needs n >= 1")
@@ -254,17 +267,15 @@ def demo_fleet(n: int = 51, seed: int = 1) -> list[ClusterSpec]:
         {"overdue_backups": 4, "pending_backups": 1, "detached_volumes": 2},
         {"disks_under_pressure": 1, "unscheduled_volumes": 1},
         {"too_many_snapshots_volumes": 2, "auth": "cert"},
-        {"hostile_names": True, "tls_server_name": "kubernetes.default.svc"},
+        {"hostile_names": True, "malformed": True},
+        {"tls_server_name": "kubernetes.default.svc"},
         {"auth": "cert", "degraded_volumes": 1},
     ]
     # Spread the problems over the fleet, away from index 0 so the first cluster is healthy.
     slots = list(range(1, n)) or [0]
     rng.shuffle(slots)
     for problem, i in zip(problems, slots, strict=False):
-        old = specs[i]
-        knobs = {f.name: getattr(old, f.name) for f in fields(old)} | problem
-        knobs["volumes"] = max(old.volumes, 12)
-        specs[i] = ClusterSpec(**knobs)
+        specs[i] = replace(specs[i], **problem, volumes=max(specs[i].volumes, 12))
     return specs
 
 

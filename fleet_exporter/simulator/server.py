@@ -70,7 +70,7 @@ class ClusterState:
 
     @property
     def client_cn(self) -> str:
-        return f"fleet-exporter@{self.spec.name}"
+        return client_cn(self.spec.name)
 
     def fault_for(self, resource: str) -> str | None:
         return self.faults.get(resource) or self.faults.get(ALL_RESOURCES)
@@ -92,8 +92,30 @@ def _route(tail: str) -> tuple[str, str | None]:
     return "other", None
 
 
+def _fault_key(resource: str | None) -> str:
+    """The fault-table key for `resource`, or ValueError for a resource we do not serve."""
+    if resource is None or resource == ALL_RESOURCES:
+        return ALL_RESOURCES
+    if resource not in KINDS and resource not in EXTRA_RESOURCES:
+        raise ValueError(f"unknown resource {resource!r} for a fault")
+    return resource
+
+
+def client_cn(cluster: str) -> str:
+    """The subject CN of the client certificate that may read `cluster`."""
+    return f"fleet-exporter@{cluster}"
+
+
 def _new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def _limit(request: web.Request) -> int | None:
+    """The `limit` query parameter (0 = no limit), or None when it is not an integer."""
+    try:
+        return int(request.query.get("limit") or 0)
+    except ValueError:
+        return None
 
 
 def _bad_request(message: str) -> web.Response:
@@ -137,8 +159,8 @@ class SimulatedFleet:
             self.clusters[spec.name] = ClusterState(
                 spec=spec,
                 token=_new_token(),
-                client=self._ca.issue_client(f"fleet-exporter@{spec.name}") if cert else None,
-                faults=dict(spec.faults),
+                client=self._ca.issue_client(client_cn(spec.name)) if cert else None,
+                faults={_fault_key(k): v for k, v in spec.faults.items()},
                 latency=spec.latency_seconds,
             )
         self._stopping = asyncio.Event()
@@ -160,6 +182,7 @@ class SimulatedFleet:
         """Build every reachable cluster's objects, then listen."""
         if self._runner is not None:
             raise RuntimeError("SimulatedFleet is already started")
+        self._stopping = asyncio.Event()
         for state in self.clusters.values():
             if not state.spec.unreachable:
                 state.store = ClusterStore(build_cluster(state.spec, self.now))
@@ -235,10 +258,7 @@ class SimulatedFleet:
 
     def set_fault(self, name: str, fault: str | int, resource: str | None = None) -> None:
         """Make `resource` (a plural, "version", "discovery"; None = all) misbehave."""
-        key = ALL_RESOURCES if resource in (None, ALL_RESOURCES) else str(resource)
-        if key != ALL_RESOURCES and key not in KINDS and key not in EXTRA_RESOURCES:
-            raise ValueError(f"unknown resource {resource!r} for a fault")
-        self.cluster(name).faults[key] = normalize_fault(fault)
+        self.cluster(name).faults[_fault_key(resource)] = normalize_fault(fault)
 
     def clear_faults(self, name: str) -> None:
         self.cluster(name).faults.clear()
@@ -296,6 +316,7 @@ class SimulatedFleet:
         if fixed:
             raise ValueError(f"cannot change {', '.join(sorted(fixed))} of a running cluster")
         spec = dataclasses.replace(state.spec, **changes)
+        new_faults = {_fault_key(k): v for k, v in spec.faults.items()}
         objects = await asyncio.to_thread(build_cluster, spec, self.now)
         old = state.store
         newer = max(objects.resource_version, old.resource_version + 1 if old else 0)
@@ -304,7 +325,7 @@ class SimulatedFleet:
         if "latency_seconds" in changes:
             state.latency = spec.latency_seconds
         if "faults" in changes:
-            state.faults = dict(spec.faults)
+            state.faults = new_faults
 
     def write_kubeconfigs(self, directory: str | Path) -> dict[str, Path]:
         """Write `<cluster>.yaml` per cluster (mode 0600) into `directory` and remember it
@@ -337,7 +358,7 @@ class SimulatedFleet:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         state = self.clusters.get(request.match_info["cluster"])
         if state is None or state.store is None:
-            return status_response(404, "the server could not find the requested resource", {})
+            return faults.not_found()
         resource, namespace = _route(request.match_info["tail"])
         is_continue = bool(request.query.get("continue"))
         state.requests[resource] += 1
@@ -394,11 +415,10 @@ class SimulatedFleet:
         if resource == "discovery":
             return web.json_response(_discovery(), headers=api_headers())
         if namespace is None or state.store is None:
-            return status_response(404, "the server could not find the requested resource", {})
+            return faults.not_found()
         store = state.store
-        try:
-            limit = int(request.query.get("limit") or 0)
-        except ValueError:
+        limit = _limit(request)
+        if limit is None:
             return _bad_request(f"invalid limit {request.query.get('limit')!r}")
         start = 0
         token = request.query.get("continue", "")
@@ -466,11 +486,7 @@ class SimulatedFleet:
         if state.store is None or resource not in KINDS:
             body = json.dumps(_VERSION_INFO).encode()
             return body, body
-        try:
-            limit = int(request.query.get("limit") or 0)
-        except ValueError:
-            limit = 0
-        body = state.store.page(resource, 0, limit).body
+        body = state.store.page(resource, 0, _limit(request) or 0).body
         items = state.store.items[resource]
         return body, items[0] if items else b'{"metadata":{"name":"x"}}'
 
