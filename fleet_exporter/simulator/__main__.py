@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fleet", choices=sorted(FLEETS), default="demo", help="which fleet")
     parser.add_argument("--clusters", type=int, default=None, help="number of clusters")
     parser.add_argument("--seed", type=int, default=None, help="seed for the fleet's content")
+    parser.add_argument(
+        "--no-gzip", action="store_true", help="never gzip big lists (kube-apiserver does)"
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port < 65536:
         parser.error(f"--port {args.port} is not a TCP port")
@@ -48,7 +51,9 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with SimulatedFleet(specs, host=args.host, port=args.port) as fleet:
+    async with SimulatedFleet(
+        specs, host=args.host, port=args.port, gzip=not args.no_gzip
+    ) as fleet:
         fleet.write_kubeconfigs(args.kubeconfig_dir)
         print(f"READY {fleet.port}", flush=True)
         await stop.wait()
