@@ -288,3 +288,21 @@ async def test_no_credential_in_any_output(env):
     for token in tokens:
         assert all(token not in b for b in bodies)
         assert redact(token) == "<redacted>"
+
+
+async def test_whole_probe_answer_passes_promtool(env):
+    """Only Longhorn's own `longhorn_node_count_total` (a gauge named like a counter) is
+    allowed to draw a lint message; see docs/metrics.md."""
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: .ci/run installs Debian's prometheus package"
+    for cluster in ("alpha", "beta", "gamma"):
+        _, text, _ = await env.get(f"/probe?cluster={cluster}")
+        r = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        problems = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+        assert problems == [
+            'longhorn_node_count_total non-counter metrics should not have "_total" suffix'
+        ], problems
