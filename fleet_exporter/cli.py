@@ -186,6 +186,7 @@ async def _one_shot(directory: Path, only: set[str] | None, wait: float):
     fleet = Fleet(directory, only=only)
     await fleet.start()
     try:
+        await fleet.wait_ready()
         names = sorted(fleet.clusters)
         lookups = await asyncio.gather(*(fleet.lookup(fleet.clusters[n], wait) for n in names))
         results = {}

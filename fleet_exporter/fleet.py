@@ -9,6 +9,7 @@ A reload that fails (bad fleet.yaml) keeps the running configuration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -39,6 +40,10 @@ class ClusterRuntime:
     churn: SnapshotChurn = field(default_factory=SnapshotChurn)
     errors_total: Counter[str] = field(default_factory=Counter)
     history: History = field(default_factory=lambda: History(20))
+    # Set once the kubeconfig has been tried (loaded or found broken). Clusters are
+    # published before their credentials load, so the server answers at once; a refresh
+    # waits for this.
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def name(self) -> str:
@@ -81,34 +86,60 @@ class Fleet:
         self.last_reload_error: str | None = None
         self._reload_lock = asyncio.Lock()
         self._refresh_limit: asyncio.Semaphore | None = None
+        self._refresh_limit_size = 0
+        self._loading: asyncio.Task[None] | None = None
 
-    async def start(self) -> ReloadResult:
-        """Open the HTTP session and load the clusters. Raises ConfigError when the
-        directory or fleet.yaml is unusable (a broken kubeconfig is not such an error)."""
+    async def start(self) -> None:
+        """Open the HTTP session, read the clusters directory and publish the clusters;
+        their credentials load in the background (``ready`` turns true when all are
+        tried), so a slow exec plugin never keeps the server from listening. Raises
+        ConfigError when the directory or fleet.yaml is unusable; a broken kubeconfig is
+        not such an error."""
         self.session = new_session()
-        result = await self.reload()
+        config = await self._read_config()
+        self.config = config  # the server settings apply from the start
+        self._loading = asyncio.create_task(self._initial_load(config), name="initial-load")
+
+    async def _initial_load(self, config: FleetConfig) -> None:
+        async with self._reload_lock:
+            await self._apply(config)
+            self._reloaded()
         self.ready = True
-        return result
+
+    async def wait_ready(self) -> None:
+        if self._loading is not None:
+            await self._loading
 
     async def close(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
         await self.cache.close()
         if self.session is not None:
             await self.session.close()
 
     async def reload(self) -> ReloadResult:
+        """Re-read the clusters directory and apply the changes; returns once the
+        changed clusters' credentials are loaded. A ConfigError keeps the running state."""
+        await self.wait_ready()
         async with self._reload_lock:
-            try:
-                config = await asyncio.to_thread(load_fleet, self.directory)
-            except ConfigError as e:
-                self.last_reload_error = str(e)
-                self.metrics.reload_ok.set(0)
-                log.error("reload failed, keeping the running configuration: %s", e)
-                raise
+            config = await self._read_config()
             result = await self._apply(config)
-            self.last_reload_error = None
-            self.metrics.reload_ok.set(1)
-            self.metrics.reload_time.set(time.time())
+            self._reloaded()
             return result
+
+    async def _read_config(self) -> FleetConfig:
+        try:
+            return await asyncio.to_thread(load_fleet, self.directory)
+        except ConfigError as e:
+            self.last_reload_error = str(e)
+            self.metrics.reload_ok.set(0)
+            log.error("cannot load %s, keeping the running configuration: %s", self.directory, e)
+            raise
+
+    def _reloaded(self) -> None:
+        self.last_reload_error = None
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(time.time())
 
     async def _apply(self, config: FleetConfig) -> ReloadResult:
         old = self.clusters
@@ -131,7 +162,6 @@ class Fleet:
                 changed.append(name)
             else:
                 added.append(name)
-            await self._load_credentials(rt)
             new[name] = rt
         removed = [name for name in old if name not in new]
         for name in removed:
@@ -139,9 +169,12 @@ class Fleet:
         for filename, reason in config.rejected.items():
             log.error("ignoring %s in %s: %s", filename, config.directory, reason)
         limit = config.server.max_concurrent_refreshes
-        if self.config is None or self.config.server.max_concurrent_refreshes != limit:
-            self._refresh_limit = asyncio.Semaphore(limit)
+        if self._refresh_limit is None or self._refresh_limit_size != limit:
+            self._refresh_limit, self._refresh_limit_size = asyncio.Semaphore(limit), limit
         self.clusters, self.config = new, config
+        # Exec plugins run in parallel; the kubernetes package's part is serialised inside
+        # credentials (its temp files are process-global).
+        await asyncio.gather(*(self._load_credentials(new[n]) for n in (*added, *changed)))
         broken = {n: rt.load_error for n, rt in new.items() if rt.load_error is not None}
         self.metrics.set_clusters({n: rt.credentials is not None for n, rt in new.items()}, removed)
         log.info(
@@ -166,6 +199,8 @@ class Fleet:
         except CredentialsError as e:
             rt.load_error = f"kubeconfig {path.name}: {e}"
             log.error("cluster %s: %s", rt.name, rt.load_error)
+        finally:
+            rt.loaded.set()
 
     async def lookup(self, rt: ClusterRuntime, wait: float) -> Lookup[Refresh]:
         """Data for one probe: cached, refreshed within ``wait`` seconds, or stale."""
@@ -175,6 +210,9 @@ class Fleet:
         return lookup
 
     async def _refresh(self, rt: ClusterRuntime) -> Refresh:
+        if not rt.loaded.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rt.loaded.wait(), rt.config.settings.refresh_timeout)
         assert self.session is not None
         assert self._refresh_limit is not None
         async with self._refresh_limit:

@@ -126,7 +126,8 @@ class started_env:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        port = self.runner.addresses[0][1]
+        await self.fleet.wait_ready()
         self.session = aiohttp.ClientSession()
         return Env(self.sim, self.fleet, f"http://127.0.0.1:{port}", clusters, self.session)
 
