@@ -192,6 +192,7 @@ def all_up(prom: Prometheus, expected: int) -> bool:
     return len(up) == expected
 
 
+@pytest.mark.prometheus
 async def test_shipped_config_discovers_relabels_and_scrapes(tmp_path, stubs) -> None:
     exporter = stubs[0]
     config = render_shipped_config(
@@ -254,6 +255,7 @@ async def test_shipped_config_discovers_relabels_and_scrapes(tmp_path, stubs) ->
         )
 
 
+@pytest.mark.prometheus
 async def test_sharded_config_routes_each_cluster_to_its_hashmod_replica(tmp_path, stubs) -> None:
     config = render_shipped_config(
         tmp_path,
