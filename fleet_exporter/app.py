@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import html
 import logging
 import time
 
@@ -202,20 +201,6 @@ async def handle_reload(request: web.Request) -> web.Response:
     )
 
 
-async def handle_index(request: web.Request) -> web.Response:
-    fleet = request.app[FLEET]
-    rows = "".join(
-        f'<li><a href="probe?cluster={html.escape(n)}">{html.escape(n)}</a> '
-        f'(<a href="probe?cluster={html.escape(n)}&amp;debug=true">debug</a>)</li>'
-        for n in sorted(fleet.clusters)
-    )
-    return web.Response(
-        text=f"<!doctype html><title>fleet-exporter</title><h1>fleet-exporter</h1>"
-        f'<p><a href="metrics">Metrics</a> · <a href="targets">Targets</a></p><ul>{rows}</ul>',
-        content_type="text/html",
-    )
-
-
 class _Slots:
     """Probes in flight and their limit (a counter, not a semaphore: over the limit we
     refuse at once instead of queueing behind slow clusters)."""
@@ -250,7 +235,9 @@ def create_app(fleet: Fleet) -> web.Application:
         await fleet.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/", handle_index)
+    from . import pages  # imports FLEET from here, so not at the top
+
+    pages.setup(app)
     app.router.add_get("/probe", handle_probe)
     app.router.add_get("/metrics", make_aiohttp_handler(fleet.metrics.registry))
     app.router.add_get("/targets", handle_targets)
