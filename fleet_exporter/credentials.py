@@ -158,14 +158,20 @@ class RedactingFilter(logging.Filter):
 
 
 def check_permissions(path: Path) -> str | None:
-    """Warning text when the kubeconfig is readable by group or others, else None."""
+    """Warning text when people other than this process can read the kubeconfig, else None.
+
+    Group-readable is fine when the group is the process's own: that is how Kubernetes
+    mounts a Secret for a non-root pod (``defaultMode: 0440`` with the pod's ``fsGroup``).
+    """
     try:
-        mode = path.stat().st_mode & 0o777
+        st = path.stat()
     except OSError:
         return None  # loading reports a missing file with a better message
-    if mode & 0o044:
+    mode = st.st_mode & 0o777
+    own_groups = {os.getegid(), *os.getgroups()}
+    if mode & 0o004 or (mode & 0o040 and st.st_gid not in own_groups):
         return (
-            f"kubeconfig {path} is readable by group or others (mode {mode:04o}); "
+            f"kubeconfig {path} is readable by others (mode {mode:04o}, group {st.st_gid}); "
             "it holds credentials, restrict it to 0600 or 0400"
         )
     return None

@@ -645,6 +645,14 @@ def test_check_permissions(tmp_path):
     warning = check_permissions(kc)
     assert warning and str(kc) in warning and "0644" in warning
     assert check_permissions(tmp_path / "missing") is None
+    # A Kubernetes Secret mounted for a non-root pod: 0440, group = the pod's own fsGroup.
+    kc.chmod(0o440)
+    os.chown(kc, -1, os.getegid())
+    assert check_permissions(kc) is None
+    if os.geteuid() == 0:  # only root can hand the file to a group we are not in
+        foreign = max({os.getegid(), *os.getgroups()}) + 4242
+        os.chown(kc, -1, foreign)
+        assert "readable by others" in check_permissions(kc)
 
 
 def test_registry_longest_match_and_bounded_rotation(monkeypatch):
