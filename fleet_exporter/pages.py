@@ -722,8 +722,9 @@ def _runtime(request: web.Request) -> ClusterRuntime:
     name = request.match_info["name"]
     rt = request.app[FLEET].clusters.get(name) if CLUSTER_NAME.fullmatch(name) else None
     if rt is None:
+        what = repr(name) if CLUSTER_NAME.fullmatch(name) else "(not a valid cluster name)"
         raise web.HTTPNotFound(
-            text=f"unknown cluster {name[:64]!r}: not configured in this exporter\n",
+            text=f"unknown cluster {what}: not configured in this exporter\n",
             content_type="text/plain",
         )
     return rt

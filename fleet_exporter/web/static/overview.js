@@ -5,7 +5,9 @@
 (() => {
   const body = document.body;
   const API = new URL(body.dataset.api, document.baseURI);
-  const INTERVAL = 1000 * (Number(body.dataset.interval) || 5);
+  // Seconds between refreshes: ?refresh=N in the URL, else the page's default.
+  const asked = Number(new URLSearchParams(location.search).get("refresh"));
+  const INTERVAL = 1000 * Math.max(1, asked || Number(body.dataset.interval) || 5);
   const table = document.getElementById("clusters");
   const tbody = table.tBodies[0];
   const filterBox = document.getElementById("filter");
