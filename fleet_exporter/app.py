@@ -221,9 +221,21 @@ async def security_headers(request: web.Request, handler):
     return response
 
 
+MAX_BODY = 64 * 1024  # no endpoint takes a body; this is generous for POST /-/reload
+
+
+@web.middleware
+async def bounded_body(request: web.Request, handler):
+    """Refuse large bodies up front: aiohttp's ``client_max_size`` only applies when a
+    handler reads the body, and none of ours does."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return _plain(413, f"request body too large (limit {MAX_BODY} bytes)")
+    return await handler(request)
+
+
 def create_app(fleet: Fleet) -> web.Application:
     """Routes only. The fleet is started and closed with the app."""
-    app = web.Application(middlewares=[security_headers], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[security_headers, bounded_body], client_max_size=MAX_BODY)
     app[FLEET] = fleet
     app[PROBE_SLOTS] = _Slots(200)
 

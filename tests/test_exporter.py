@@ -306,3 +306,55 @@ async def test_whole_probe_answer_passes_promtool(env):
         assert problems == [
             'longhorn_node_count_total non-counter metrics should not have "_total" suffix'
         ], problems
+
+
+async def test_probe_limit_answers_503_at_once(tmp_path):
+    from .conftest import small_fleet_specs, started_env
+
+    async with started_env(
+        tmp_path, small_fleet_specs(), "server: {max_concurrent_probes: 2}\n"
+    ) as e:
+        e.sim.set_latency("delta", 1.0)
+        results = await asyncio.gather(*(e.get("/probe?cluster=delta") for _ in range(6)))
+        statuses = sorted(status for status, _t, _h in results)
+        assert statuses == [200, 200, 503, 503, 503, 503]
+        refused = next(text for status, text, _h in results if status == 503)
+        assert "too many probes in flight (limit 2)" in refused
+        _, metrics, _ = await e.get("/metrics")
+        assert 'fleet_exporter_requests_rejected_total{reason="overloaded"} 4.0' in metrics
+
+
+async def test_request_bodies_are_bounded(env):
+    async with env.session.post(env.url + "/-/reload", data=b"x" * (1024 * 1024)) as r:
+        assert r.status == 413
+
+
+async def test_probes_keep_answering_while_clusters_change(env):
+    """Add, remove and break kubeconfigs while another cluster is probed continuously."""
+    stop = asyncio.Event()
+    answers: list[float | None] = []
+
+    async def keep_probing():
+        while not stop.is_set():
+            status, smp, _ = await env.probe("alpha")
+            answers.append(value(smp, "probe_success") if status == 200 else None)
+            env.fleet.cache.forget("alpha")  # every probe goes upstream
+
+    prober = asyncio.create_task(keep_probing())
+    original = (env.clusters / "beta.yaml").read_text()
+    for step in range(3):
+        shutil.copy(env.clusters / "delta.yaml", env.clusters / f"new-{step}.yaml")
+        await env.fleet.reload()
+        (env.clusters / "beta.yaml").write_text("garbage: [")
+        await env.fleet.reload()
+        assert env.fleet.clusters["beta"].load_error
+        (env.clusters / f"new-{step}.yaml").unlink()
+        (env.clusters / "beta.yaml").write_text(original)
+        await env.fleet.reload()
+    await wait_for(lambda: len(answers) >= 10)
+    stop.set()
+    await prober
+    assert answers
+    assert set(answers) == {1.0}, answers
+    assert sorted(env.fleet.clusters) == ["alpha", "beta", "delta", "gamma"]
+    assert value((await env.probe("beta"))[1], "probe_success") == 1

@@ -221,7 +221,7 @@ async def test_kubeconfig_fault_matrix(tmp_path, caplog):
         for case, (config, expected) in cases.items():
             kc.write_text(yaml.safe_dump(config))
             await env.fleet.reload()
-            status, smp, text = await env.probe("victim", headers=HEADERS)
+            _status, smp, text = await env.probe("victim", headers=HEADERS)
             canary.add(text)
             debug = canary.add(
                 (await env.get("/probe?cluster=victim&debug=true", headers=HEADERS))[1]

@@ -196,3 +196,34 @@ def _refused(port: int) -> bool:
             return False
     except OSError:
         return True
+
+
+async def test_sighup_reloads_the_clusters_directory(sim, tmp_path):
+    _fleet, clusters = sim
+    async with Exporter(clusters) as exp:
+        url = f"http://127.0.0.1:{exp.port}"
+        await wait_ready(url)
+        (clusters / "alpha.yaml").rename(clusters / "alpha-renamed.yaml")
+        (clusters / "fleet.yaml").write_text("defaults: {cache_ttl: 5s}\n")
+        exp.proc.send_signal(signal.SIGHUP)
+
+        async def reloaded():
+            async with aiohttp.ClientSession() as s, s.get(url + "/targets") as r:
+                body = await r.text()
+            return '"alpha-renamed"' in body and '"alpha"' not in body
+
+        await wait_for(reloaded, timeout=15, interval=0.1)
+        # A broken fleet.yaml on SIGHUP keeps the running configuration.
+        (clusters / "fleet.yaml").write_text("defaults: {nonsense: 1}\n")
+        exp.proc.send_signal(signal.SIGHUP)
+
+        async def failed_reload():
+            async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
+                return "fleet_exporter_config_last_reload_successful 0.0" in await r.text()
+
+        await wait_for(failed_reload, timeout=15, interval=0.1)
+        async with aiohttp.ClientSession() as s:
+            status, text = await _probe(s, url, "alpha-renamed")
+        assert status == 200
+        assert value(samples(text), "probe_success") == 1
+    assert "defaults.nonsense: unknown key" in exp.log.read_text()
