@@ -264,6 +264,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The performance benchmark (bench/README.md): simulator, exporter and bare
+    references in separate processes on loopback; prints the table, writes JSON."""
+    from .bench import Options, main
+
+    out = Path(args.out)
+    opts = Options.quick(out) if args.quick else Options(out_dir=out)
+    if args.plot:
+        opts.plot = True
+    if args.small_clusters is not None:
+        opts.small_clusters = args.small_clusters
+    if args.interval is not None:
+        opts.interval = args.interval
+    return main(opts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleet-exporter",
@@ -338,6 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     clusters_arg(check)
     check.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     check.set_defaults(func=cmd_check)
+
+    bench = sub.add_parser("bench", help="measure the exporter against the upstream floor")
+    bench.add_argument("--plot", action="store_true", help="also write a PNG of latency")
+    bench.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
+    bench.add_argument("--out", default="bench/results", metavar="DIR", help="results go here")
+    bench.add_argument(
+        "--small-clusters", type=int, default=None, metavar="N", help="0 skips that phase"
+    )
+    bench.add_argument(
+        "--interval", type=float, default=None, metavar="SECONDS", help="many-cluster phase"
+    )
+    bench.set_defaults(func=cmd_bench)
     return p
 
 
