@@ -112,6 +112,8 @@
     return (c) => terms.every((t) => t(c));
   };
 
+  // Plain code-point order, as the API and the terminal sort names.
+  const byCode = (x, y) => (x < y ? -1 : x > y ? 1 : 0);
   const compare = (a, b) => {
     const col = COLUMNS[sortKey];
     const x = col.value(a), y = col.value(b);
@@ -120,10 +122,11 @@
     let d = 0;
     if (!xn) {
       if (col.num) d = x - y;
-      else d = String(x).localeCompare(String(y), undefined, { numeric: col.version });
+      else if (col.version) d = String(x).localeCompare(String(y), undefined, { numeric: true });
+      else d = byCode(String(x), String(y));
       if (sortDesc) d = -d;
     }
-    return d || b.severity - a.severity || a.name.localeCompare(b.name);
+    return d || b.severity - a.severity || byCode(a.name, b.name);
   };
 
   // -- rows
