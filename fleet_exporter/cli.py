@@ -21,6 +21,7 @@ from aiohttp import web
 from . import __version__
 from .config import ConfigError
 from .credentials import RedactingFilter
+from .triage import add_subcommand as add_triage
 from .webconfig import WebConfig, WebConfigError
 
 log = logging.getLogger("fleet_exporter")
@@ -73,7 +74,39 @@ def parse_listen(value: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
-def _serve(args: argparse.Namespace, directory: Path) -> int:
+DEMO_SCRAPE_INTERVAL = 15.0
+
+
+def demo_scraper(url: str):
+    """For the demo only: probe every cluster every 15 s over HTTP, as Prometheus would,
+    so the pages and the probe history have something to show without a Prometheus."""
+
+    async def ctx(app: web.Application):
+        import aiohttp
+
+        from .app import FLEET
+
+        async def loop() -> None:
+            fleet = app[FLEET]
+            await fleet.wait_ready()
+            async with aiohttp.ClientSession() as session:
+                while True:
+                    for name in sorted(fleet.clusters):
+                        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                            async with session.get(f"{url}/probe", params={"cluster": name}) as r:
+                                await r.read()
+                    await asyncio.sleep(DEMO_SCRAPE_INTERVAL)
+
+        task = asyncio.create_task(loop(), name="demo-scraper")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
+
+
+def _serve(args: argparse.Namespace, directory: Path, scraper_url: str | None = None) -> int:
     from .app import FLEET, create_app
     from .fleet import Fleet
 
@@ -101,6 +134,8 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
 
     app.on_startup.append(on_startup)
+    if scraper_url and web_config is None:
+        app.cleanup_ctx.append(demo_scraper(scraper_url))
     host, port = args.listen
     log.info("fleet-exporter %s serving %s on %s:%d", __version__, directory, host or "*", port)
     try:
@@ -155,10 +190,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"(kubeconfigs in {directory}).\n"
                 f"Try:\n  curl '{base}/probe?cluster={clusters[0]}'\n"
                 f"  curl '{base}/probe?cluster={clusters[0]}&debug=true'\n"
-                f"  curl '{base}/targets'\n  open {base}/\nCtrl-C stops the demo.",
+                f"  curl '{base}/targets'\n  open {base}/\n"
+                f"A built-in scraper probes every cluster every {DEMO_SCRAPE_INTERVAL:g}s, as "
+                "Prometheus would, so the pages fill in. Ctrl-C stops the demo.",
                 flush=True,
             )
-            return _serve(args, directory)
+            return _serve(args, directory, scraper_url=f"http://127.0.0.1:{port}")
         finally:
             sim.terminate()
             try:
@@ -354,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     clusters_arg(check)
     check.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     check.set_defaults(func=cmd_check)
+
+    add_triage(sub)
 
     bench = sub.add_parser("bench", help="measure the exporter against the upstream floor")
     bench.add_argument("--plot", action="store_true", help="also write a PNG of latency")
