@@ -1,5 +1,6 @@
 """The fleet-exporter command: probe, check and demo, run as real processes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -108,6 +109,15 @@ def test_demo_serves_the_simulated_fleet(tmp_path):
         name = body.split('"targets": ["', 1)[1].split('"', 1)[0]
         with urllib.request.urlopen(f"{url}/probe?cluster={name}", timeout=30) as r:
             assert value(samples(r.read().decode()), "probe_success") == 1
+        # The demo's built-in scraper probes every cluster, so the pages fill in by themselves.
+        while True:
+            with urllib.request.urlopen(url + "/api/clusters", timeout=10) as r:
+                by_status = json.loads(r.read())["by_status"]
+            if not by_status.get("unprobed") and by_status.get("up", 0) >= 45:
+                break
+            assert time.monotonic() < deadline + 30, f"clusters never probed: {by_status}"
+            time.sleep(0.2)
+        assert by_status.get("down") == 1  # the unreachable one
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
