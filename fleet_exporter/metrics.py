@@ -52,50 +52,91 @@ def encode(
     caller that appends more families and the EOF itself). Every sample gets
     ``cluster="<cluster>"``."""
     out: list[str] = []
-    cluster_value = _escape(cluster).replace("%", "%%")
-    numbers: dict[float, str] = {}
-    for fam in families:
-        if fam.type not in ("gauge", "counter"):
-            raise ValueError(f"family {fam.name}: unsupported type {fam.type!r}")
-        sample_name = fam.name
-        meta_name = fam.name
-        if fam.type == "counter":
-            base = fam.name.removesuffix("_total")
-            sample_name = base + "_total"
-            meta_name = base if openmetrics else sample_name
-        if openmetrics:
-            help_ = fam.help.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-        else:
-            help_ = fam.help.replace("\\", "\\\\").replace("\n", "\\n")
-        out.append(f"# HELP {meta_name} {help_}\n# TYPE {meta_name} {fam.type}\n")
-        # prometheus_client writes labels sorted by name; precompute one %-template per
-        # family with the cluster value in place, and the order to pick the values in.
-        names = ("cluster", *fam.labelnames)
-        order = sorted(range(len(names)), key=names.__getitem__)
-        slots = [f'{names[i]}="{cluster_value}"' if i == 0 else f'{names[i]}="%s"' for i in order]
-        template = f"{sample_name}{{{','.join(slots)}}} %s\n"
-        picks = [i - 1 for i in order if i]
-        pick: Callable[[tuple[str, ...]], tuple[str, ...]]
-        if not picks:
-            pick = _no_labels
-        elif len(picks) == 1:
-            only = picks[0]
-            pick = lambda values, only=only: (values[only],)  # noqa: E731
-        else:
-            pick = itemgetter(*picks)
-        for values, value in fam.samples:
-            if len(values) != len(fam.labelnames):
-                raise ValueError(
-                    f"family {fam.name}: {len(values)} label values for "
-                    f"{len(fam.labelnames)} label names"
-                )
-            text = numbers.get(value)
-            if text is None:
-                text = numbers[value] = floatToGoString(value)
-            out.append(template % (*map(_escape, pick(values)), text))
+    for part in encode_parts(families, cluster):
+        out.append(part.openmetrics_meta if openmetrics else part.text_meta)
+        out.append(part.samples)
     if openmetrics and eof:
         out.append("# EOF\n")
     return "".join(out).encode("utf-8")
+
+
+@dataclass(slots=True, frozen=True)
+class EncodedFamily:
+    """One family, encoded. Only the ``# HELP``/``# TYPE`` lines differ between the two
+    formats; the sample lines are the same, so a caller can encode (and compress) them
+    once and serve either format."""
+
+    text_meta: str
+    openmetrics_meta: str
+    samples: str
+
+
+def encode_parts(families: Iterable[Family], cluster: str) -> Iterator[EncodedFamily]:
+    """Each family encoded in turn (see ``EncodedFamily``), so a caller can compress
+    family by family instead of holding the whole exposition."""
+    cluster_value = _escape(cluster).replace("%", "%%")
+    numbers: dict[float, str] = {}
+    # Label blocks ("{cluster=...,volume=...}") by label names, then by values: a
+    # volume's block recurs in every per-volume family, formatted and escaped once.
+    blocks: dict[tuple[str, ...], dict[tuple[str, ...], str]] = {}
+    for fam in families:
+        if fam.type not in ("gauge", "counter"):
+            raise ValueError(f"family {fam.name}: unsupported type {fam.type!r}")
+        yield EncodedFamily(
+            _meta(fam, openmetrics=False),
+            _meta(fam, openmetrics=True),
+            _samples(fam, cluster_value, numbers, blocks.setdefault(fam.labelnames, {})),
+        )
+
+
+def _meta(fam: Family, *, openmetrics: bool) -> str:
+    name = fam.name
+    if fam.type == "counter":
+        base = fam.name.removesuffix("_total")
+        name = base if openmetrics else base + "_total"
+    help_ = fam.help.replace("\\", "\\\\").replace("\n", "\\n")
+    if openmetrics:
+        help_ = help_.replace('"', '\\"')
+    return f"# HELP {name} {help_}\n# TYPE {name} {fam.type}\n"
+
+
+def _samples(
+    fam: Family, cluster_value: str, numbers: dict[float, str], blocks: dict[tuple[str, ...], str]
+) -> str:
+    sample_name = fam.name
+    if fam.type == "counter":
+        sample_name = fam.name.removesuffix("_total") + "_total"
+    # prometheus_client writes labels sorted by name; precompute one %-template per
+    # family with the cluster value in place, and the order to pick the values in.
+    names = ("cluster", *fam.labelnames)
+    order = sorted(range(len(names)), key=names.__getitem__)
+    slots = [f'{names[i]}="{cluster_value}"' if i == 0 else f'{names[i]}="%s"' for i in order]
+    template = f"{{{','.join(slots)}}}"
+    picks = [i - 1 for i in order if i]
+    pick: Callable[[tuple[str, ...]], tuple[str, ...]]
+    if not picks:
+        pick = _no_labels
+    elif len(picks) == 1:
+        only = picks[0]
+        pick = lambda values, only=only: (values[only],)  # noqa: E731
+    else:
+        pick = itemgetter(*picks)
+    width = len(fam.labelnames)
+    out = []
+    block_of, number_of = blocks.get, numbers.get
+    for values, value in fam.samples:
+        block = block_of(values)
+        if block is None:
+            if len(values) != width:
+                raise ValueError(
+                    f"family {fam.name}: {len(values)} label values for {width} label names"
+                )
+            block = blocks[values] = template % tuple(map(_escape, pick(values)))
+        text = number_of(value)
+        if text is None:
+            text = numbers[value] = floatToGoString(value)
+        out.append(f"{sample_name}{block} {text}\n")
+    return "".join(out)
 
 
 def _no_labels(values: tuple[str, ...]) -> tuple[str, ...]:
