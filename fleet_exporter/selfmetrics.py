@@ -8,9 +8,10 @@ instead of nothing, and removed clusters' series are dropped on reload.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,10 +21,25 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 from . import __version__
 
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class LoopTasks:
+    """Tasks alive on the event loop. Collected on the loop thread (the ``/metrics``
+    handler renders inline), so a leak of background tasks shows as growth."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            n = len(asyncio.all_tasks())
+        except RuntimeError:  # collected outside a running loop
+            return
+        yield GaugeMetricFamily(
+            "fleet_exporter_asyncio_tasks", "Tasks alive on the event loop.", value=n
+        )
 
 
 class SelfMetrics:
@@ -31,6 +47,7 @@ class SelfMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        r.register(LoopTasks())
         Gauge(
             "fleet_exporter_build_info",
             "Build information; always 1.",

@@ -59,6 +59,12 @@ async def scraper(session, url, names, seen: Counter, stop: asyncio.Event) -> No
         await asyncio.sleep(max(0.0, 1.0 - (asyncio.get_running_loop().time() - tick)))
 
 
+async def tasks(session, url) -> int:
+    async with session.get(url + "/metrics") as r:
+        text = await r.text()
+    return int(float(re.search(r"^fleet_exporter_asyncio_tasks (\S+)$", text, re.M)[1]))
+
+
 @pytest.mark.slow
 async def test_soak(tmp_path):
     specs = demo_fleet()
@@ -90,6 +96,7 @@ async def test_soak(tmp_path):
                 await asyncio.sleep(3)
                 if warm is None and loop.time() - start > SOAK_SECONDS * 0.3:
                     warm = proc_stats(exp.proc.pid)
+                    warm["tasks"] = await tasks(session, url)
             for name in faulty:
                 sim.clear_faults(name)
             stop.set()
@@ -104,6 +111,7 @@ async def test_soak(tmp_path):
             end = proc_stats(exp.proc.pid)
             async with session.get(url + "/metrics") as r:
                 metrics = await r.text()
+            end["tasks"] = await tasks(session, url)
 
     probes = sum(v for (n, _r), v in seen.items() if n != "overloaded")
     assert probes > 2 * len(names) * SOAK_SECONDS * 0.5, f"too few probes: {probes}"
@@ -125,3 +133,5 @@ async def test_soak(tmp_path):
     assert end["rss_mib"] - warm["rss_mib"] <= 25, (warm, end)
     assert end["fds"] <= warm["fds"] + 10, (warm, end)
     assert end["threads"] <= warm["threads"] + 4, (warm, end)
+    # Idle now, with two scrapers' worth of work done: only the server's own tasks remain.
+    assert end["tasks"] <= warm["tasks"], (warm, end)
