@@ -1,21 +1,29 @@
 """One refresh of one cluster, and the answer to one probe.
 
 A *refresh* lists every Longhorn resource of a cluster concurrently, page by page, reduces
-each page into small records as it arrives and drops it, then renders the metric families
-once. Every probe served from that refresh reuses the rendered bytes (one rendering per
-format and encoding, made on first use), so an HA pair of Prometheus servers plus
-dashboards does not multiply the work. A *probe* adds a small per-request head
-(``probe_success``, durations, data age) in front of those bytes.
+each page into small records as it arrives and drops it, then builds the metric families
+and renders them once, straight to gzip, in a worker thread. Every probe served from that
+refresh reuses those bytes, so an HA pair of Prometheus servers plus dashboards does not
+multiply the work. A *probe* adds a small per-request head (``probe_success``, durations,
+data age) in front of them.
+
+The rendered form is one small gzip member per family for its ``# HELP``/``# TYPE`` lines
+in each format, and one for its sample lines, shared by both formats: concatenated gzip
+members are one valid gzip stream (RFC 1952 section 2.2), so either format is a join of
+cached bytes, and the families themselves are dropped once rendered (bench/README.md has
+the numbers behind each choice).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import math
+import struct
 import time
+import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
@@ -24,13 +32,21 @@ import aiohttp
 
 from .kube import Call, KubeClient, UpstreamError
 from .longhorn import CORE_RESOURCES, RESOURCES, ClusterReducer, ClusterState
-from .metrics import Family, encode, longhorn_families
+from .metrics import Family, encode_parts, longhorn_families
 
 if TYPE_CHECKING:
     from .fleet import ClusterRuntime
 
 DEFAULT_TIMEOUT = 120.0  # blackbox_exporter's, when Prometheus sends no scrape timeout
-GZIP_LEVEL = 6  # a third of level 9's time for ~5% more bytes; runs once per refresh
+# 2,000 volumes (17.7 MB of exposition): level 1 takes 73 ms for 2.32 MB, level 6 204 ms
+# for 1.99 MB. CPU is what limits the exporter; 16% more bytes to Prometheus is cheap.
+GZIP_LEVEL = 1
+# Reducing, building families and rendering are pure Python that holds the GIL. One worker
+# does it all: more threads would not add CPU, only make the event loop wait behind more
+# GIL holders (each may keep it for the 5 ms switch interval) and hold more refreshes'
+# transient memory at once.
+_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+INFLATE_INLINE_BYTES = 64 * 1024  # smaller rendered bodies are gunzipped on the loop
 
 
 def probe_timeout(header: str | None, module_timeout: float, offset: float) -> float:
@@ -65,10 +81,76 @@ class ResourceResult:
     error: str | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class Rendered:
+    """The families as gzip members, in order, for each format. Most members are shared:
+    only families whose ``# HELP``/``# TYPE`` lines differ between the formats (counters,
+    help texts with quotes) split the stream, with a small member per format."""
+
+    text: tuple[bytes, ...]
+    openmetrics: tuple[bytes, ...]
+
+
+def render(families: Iterable[Family], cluster: str) -> Rendered:
+    """Encode and compress family by family: the whole exposition is never held as text,
+    and a new compressor (~0.1 ms to set up) starts only where the formats differ."""
+    text: list[bytes] = []
+    openmetrics: list[bytes] = []
+    member: list[bytes] = []
+    compressor = None
+
+    def close_member() -> None:
+        nonlocal compressor
+        if compressor is not None:
+            member.append(compressor.flush())
+            shared = b"".join(member)
+            text.append(shared)
+            openmetrics.append(shared)
+            member.clear()
+            compressor = None
+
+    for part in encode_parts(families, cluster):
+        if part.text_meta == part.openmetrics_meta:
+            chunk = part.text_meta + part.samples
+        else:
+            close_member()
+            text.append(stored_gzip(part.text_meta.encode("utf-8")))
+            openmetrics.append(stored_gzip(part.openmetrics_meta.encode("utf-8")))
+            chunk = part.samples
+        if compressor is None:
+            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        member.append(compressor.compress(chunk.encode("utf-8")))
+    close_member()
+    return Rendered(tuple(text), tuple(openmetrics))
+
+
+def stored_gzip(data: bytes) -> bytes:
+    """A gzip member holding ``data`` uncompressed (deflate "stored" blocks): for a few
+    hundred bytes of metadata, cheaper than setting up a compressor, and barely larger."""
+    blocks = []
+    for start in range(0, max(len(data), 1), 0xFFFF):
+        chunk = data[start : start + 0xFFFF]
+        last = start + 0xFFFF >= len(data)
+        blocks.append(struct.pack("<BHH", last, len(chunk), 0xFFFF ^ len(chunk)) + chunk)
+    trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+    return _GZIP_HEADER + b"".join(blocks) + trailer
+
+
+# magic, deflate, no flags, mtime 0, no extra flags, OS unknown
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+def _inflate(members: Iterable[bytes]) -> bytes:
+    return b"".join(zlib.decompress(m, wbits=31) for m in members)
+
+
 @dataclass(eq=False)
 class Refresh:
     """The outcome of one refresh: what every probe of this cluster serves until ``ttl``
-    passes. ``ok`` means the core lists succeeded, so the data is worth serving."""
+    passes. ``ok`` means the core lists succeeded, so the data is worth serving.
+
+    ``rendered`` is filled by the refresh itself; a Refresh made with ``families`` only
+    renders them on first use, once, and then lets them go."""
 
     cluster: str
     ok: bool
@@ -82,7 +164,8 @@ class Refresh:
     resources: dict[str, ResourceResult]
     state: ClusterState | None
     families: list[Family]
-    _bodies: dict[tuple[bool, bool], asyncio.Future[bytes]] = field(default_factory=dict)
+    rendered: Rendered | None = None
+    _rendering: asyncio.Future[Rendered] | None = field(default=None, repr=False)
 
     @property
     def duration(self) -> float:
@@ -92,19 +175,21 @@ class Refresh:
         return max(0.0, (now_mono or time.monotonic()) - self.finished_mono)
 
     async def body(self, openmetrics: bool, compressed: bool) -> bytes:
-        """The rendered families (no ``# EOF``), made once per variant and shared. Work
-        runs in a thread: zlib releases the GIL, and the pure-Python encoder is preempted
-        every few ms, so a big cluster's rendering does not stall other probes."""
-        key = (openmetrics, compressed)
-        future = self._bodies.get(key)
-        if future is None:
-            future = asyncio.ensure_future(asyncio.to_thread(self._render, openmetrics, compressed))
-            self._bodies[key] = future
-        return await future
-
-    def _render(self, openmetrics: bool, compressed: bool) -> bytes:
-        text = encode(self.families, self.cluster, openmetrics=openmetrics, eof=False)
-        return gzip.compress(text, GZIP_LEVEL, mtime=0) if compressed else text
+        """The rendered families (no ``# EOF``): gzip members joined, or their text."""
+        rendered = self.rendered
+        if rendered is None:
+            if self._rendering is None:
+                loop = asyncio.get_running_loop()
+                families, self.families = self.families, []
+                self._rendering = loop.run_in_executor(_WORKER, render, families, self.cluster)
+            rendered = self.rendered = await self._rendering
+        members = rendered.openmetrics if openmetrics else rendered.text
+        if compressed:
+            return b"".join(members)
+        if sum(map(len, members)) <= INFLATE_INLINE_BYTES:
+            return _inflate(members)
+        # zlib releases the GIL: the loop keeps running while a big body inflates.
+        return await asyncio.to_thread(_inflate, members)
 
 
 async def refresh_cluster(
@@ -166,20 +251,24 @@ async def refresh_cluster(
     if core_failed:
         return failed(resources[core_failed[0]].error or "core resources failed")
     complete = frozenset(r for r, res in resources.items() if res.ok)
-    # Joining and building families for a 2,000-volume cluster takes tens of ms of pure
-    # Python; in a thread the event loop keeps getting the GIL every few milliseconds.
-    state, families = await asyncio.to_thread(_reduce, rt, reducer, complete)
+    head = collection_families(True, resources, rt.errors_total)
+    # Joining, building families and rendering a 2,000-volume cluster take a few hundred
+    # ms of pure Python; in the worker the event loop keeps getting the GIL every few ms.
+    loop = asyncio.get_running_loop()
+    state, rendered = await loop.run_in_executor(
+        _WORKER, _reduce_and_render, rt, reducer, complete, head
+    )
     failures = [res.error for res in resources.values() if res.error]
     error = f"partial data: {'; '.join(failures)}" if failures else None
-    return _finish(rt, True, error, calls, resources, state, started_at, families)
+    return _finish(rt, True, error, calls, resources, state, started_at, rendered)
 
 
-def _reduce(
-    rt: ClusterRuntime, reducer: ClusterReducer, complete: frozenset[str]
-) -> tuple[ClusterState, list[Family]]:
+def _reduce_and_render(
+    rt: ClusterRuntime, reducer: ClusterReducer, complete: frozenset[str], head: list[Family]
+) -> tuple[ClusterState, Rendered]:
     state = reducer.finish(complete)
     rt.churn.update(state)
-    return state, longhorn_families(state, rt.churn)
+    return state, render([*head, *longhorn_families(state, rt.churn)], rt.name)
 
 
 def _finish(
@@ -190,10 +279,11 @@ def _finish(
     resources: dict[str, ResourceResult],
     state: ClusterState | None,
     started_at: float,
-    families: list[Family] | None = None,
+    rendered: Rendered | None = None,
 ) -> Refresh:
     s = rt.config.settings
-    families = [*collection_families(ok, resources, rt.errors_total), *(families or [])]
+    if rendered is None:  # a failed refresh: a few small families, rendered on the spot
+        rendered = render(collection_families(ok, resources, rt.errors_total), rt.name)
     return Refresh(
         cluster=rt.name,
         ok=ok,
@@ -206,7 +296,8 @@ def _finish(
         calls=calls,
         resources=resources,
         state=state,
-        families=families,
+        families=[],
+        rendered=rendered,
     )
 
 

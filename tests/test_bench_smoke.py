@@ -1,20 +1,22 @@
 """The benchmark keeps working: a tiny run (three small clusters, then ten) through every
 phase, with the real simulator, exporter and bare server processes. It checks that each
 figure is produced and sane, not that any target is met: timing targets belong to the full
-run (``fleet-exporter bench``), on a quiet machine."""
+run (``fleet-exporter bench``), on a quiet machine. Also: the rendering the benchmark led
+to (gzip members per format) serves exactly what the encoder writes."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import zlib
 
 import pytest
 
-from fleet_exporter import bench
+from fleet_exporter import bench, probe
+from fleet_exporter.metrics import Family, encode
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 async def test_quick_run_produces_every_figure(tmp_path):
     opts = bench.Options.quick(tmp_path / "results")
     result = await bench.run(opts, log=lambda msg: None)
@@ -90,3 +92,38 @@ def test_fit_and_percentile():
     values = list(range(1, 101))
     assert bench._pct(values, 50) == 50
     assert bench._pct(values, 99) == 99
+
+
+# -- the performance changes keep behaviour: rendered bytes are what the encoder says
+
+
+@pytest.mark.parametrize("size", [0, 1, 300, 0xFFFF, 0x10000, 200_000])
+def test_stored_gzip_members_round_trip(size):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    member = probe.stored_gzip(data)
+    assert gzip.decompress(member) == data
+    assert zlib.decompress(member, wbits=31) == data
+
+
+async def test_rendered_body_is_the_encoding_in_both_formats():
+    families = [
+        Family("a_gauge", "gauge", "plain help", ("volume",), [(("v1",), 1.0), (("v2",), 2.5)]),
+        Family("b_total", "counter", 'help with "quotes"', ("volume",), [(("v1",), 3.0)]),
+        Family("c_info", "gauge", "more", ("volume", "node"), [(("v1", 'n"\\'), 1.0)]),
+        Family("d_help", "gauge", 'quotes "here"', (), [((), 0.0)]),
+    ]
+    rendered = probe.render(families, "c-1")
+    refresh = probe.Refresh(
+        "c-1", True, 1.0, 1.0, 0.0, 0.0, 0.0, None, [], {}, None, list(families)
+    )
+    for openmetrics in (False, True):
+        expected = encode(families, "c-1", openmetrics=openmetrics, eof=False)
+        members = rendered.openmetrics if openmetrics else rendered.text
+        assert gzip.decompress(b"".join(members)) == expected
+        # A Refresh made from families renders them itself, once.
+        assert gzip.decompress(await refresh.body(openmetrics, compressed=True)) == expected
+        assert await refresh.body(openmetrics, compressed=False) == expected
+    assert refresh.families == []
+    # Only the families whose metadata differs between formats split the stream.
+    shared = [m for m in rendered.text if m in rendered.openmetrics]
+    assert len(shared) == 3 and len(rendered.text) == 5
