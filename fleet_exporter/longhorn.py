@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -379,6 +379,19 @@ def _check_list(page: _List[Any]) -> None:
         raise PageError(f"not a Kubernetes List: kind {_short(page.kind, 40)!r}")
     if page.items is UNSET:
         raise PageError("not a Kubernetes List: no items field")
+
+
+STEP = 128  # records handled between two yields of a stepwise (generator) computation
+R = TypeVar("R")
+
+
+def drain(steps: Generator[None, None, R]) -> R:
+    """Run a stepwise computation through in one go and return its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -897,6 +910,11 @@ class ClusterReducer:
 
     def finish(self, complete: frozenset[str]) -> ClusterState:
         """Join the aggregates of the resources in ``complete``; the others are ignored."""
+        return drain(self.finishing(complete))
+
+    def finishing(self, complete: frozenset[str]) -> Generator[None, None, ClusterState]:
+        """``finish`` in steps: yields every ``STEP`` volumes, so a caller on an event
+        loop can let other work run in between (``drain`` runs it through at once)."""
         volumes = dict(sorted(self._volumes.items())) if "volumes" in complete else {}
         with_replicas = "replicas" in complete
         with_engines = "engines" in complete
@@ -910,7 +928,9 @@ class ClusterReducer:
                     vs.backup_last_success is None or stats.last_success > vs.backup_last_success
                 ):
                     vs.backup_last_success = stats.last_success
-        for vs in volumes.values():
+        for i, vs in enumerate(volumes.values()):
+            if i % STEP == STEP - 1:
+                yield
             replicas = self._replicas.get(vs.name, {}) if with_replicas else None
             engine = _pick_engine(self._engines.get(vs.name, {}), vs) if with_engines else None
             if with_engines:

@@ -11,7 +11,7 @@ label-value escaping and float formatting are exactly theirs: labels in name ord
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 
@@ -20,10 +20,12 @@ from prometheus_client.utils import floatToGoString
 from .longhorn import (
     BACKUP_STATES,
     ROBUSTNESS,
+    STEP,
     VOLUME_STATES,
     ClusterState,
     SnapshotChurn,
     VolumeState,
+    drain,
 )
 
 
@@ -71,9 +73,13 @@ class EncodedFamily:
     samples: str
 
 
-def encode_parts(families: Iterable[Family], cluster: str) -> Iterator[EncodedFamily]:
+def encode_parts(
+    families: Iterable[Family], cluster: str, chunk: int = 0
+) -> Iterator[EncodedFamily]:
     """Each family encoded in turn (see ``EncodedFamily``), so a caller can compress
-    family by family instead of holding the whole exposition."""
+    family by family instead of holding the whole exposition. With ``chunk``, a family
+    with more samples comes in several parts of at most ``chunk`` samples, the later ones
+    with empty metadata, so each step of the caller stays short."""
     cluster_value = _escape(cluster).replace("%", "%%")
     numbers: dict[float, str] = {}
     # Label blocks ("{cluster=...,volume=...}") by label names, then by values: a
@@ -82,11 +88,17 @@ def encode_parts(families: Iterable[Family], cluster: str) -> Iterator[EncodedFa
     for fam in families:
         if fam.type not in ("gauge", "counter"):
             raise ValueError(f"family {fam.name}: unsupported type {fam.type!r}")
-        yield EncodedFamily(
-            _meta(fam, openmetrics=False),
-            _meta(fam, openmetrics=True),
-            _samples(fam, cluster_value, numbers, blocks.setdefault(fam.labelnames, {})),
-        )
+        block_cache = blocks.setdefault(fam.labelnames, {})
+        size = chunk or len(fam.samples) or 1
+        for start in range(0, max(len(fam.samples), 1), size):
+            samples = fam.samples[start : start + size] if chunk else fam.samples
+            text = _samples(fam, samples, cluster_value, numbers, block_cache)
+            if start:
+                yield EncodedFamily("", "", text)
+            else:
+                yield EncodedFamily(
+                    _meta(fam, openmetrics=False), _meta(fam, openmetrics=True), text
+                )
 
 
 def _meta(fam: Family, *, openmetrics: bool) -> str:
@@ -101,7 +113,11 @@ def _meta(fam: Family, *, openmetrics: bool) -> str:
 
 
 def _samples(
-    fam: Family, cluster_value: str, numbers: dict[float, str], blocks: dict[tuple[str, ...], str]
+    fam: Family,
+    samples: list[tuple[tuple[str, ...], float]],
+    cluster_value: str,
+    numbers: dict[float, str],
+    blocks: dict[tuple[str, ...], str],
 ) -> str:
     sample_name = fam.name
     if fam.type == "counter":
@@ -124,7 +140,7 @@ def _samples(
     width = len(fam.labelnames)
     out = []
     block_of, number_of = blocks.get, numbers.get
-    for values, value in fam.samples:
+    for values, value in samples:
         block = block_of(values)
         if block is None:
             if len(values) != width:
@@ -168,11 +184,19 @@ def longhorn_families(state: ClusterState, churn: SnapshotChurn) -> list[Family]
     """Every Longhorn metric of docs/metrics.md (all but the probe/collection section and
     the exporter's own). Metrics derived from a resource that did not list completely are
     omitted, not zeroed. Does not change ``churn``: the caller updates it first."""
+    return drain(building_families(state, churn))
+
+
+def building_families(
+    state: ClusterState, churn: SnapshotChurn
+) -> Generator[None, None, list[Family]]:
+    """``longhorn_families`` in steps (a yield every ``STEP`` volumes or backups), for a
+    caller on an event loop that lets other work run in between."""
     out = _Families()
-    _volume_families(out, state)
-    _replica_families(out, state)
-    _snapshot_families(out, state, churn)
-    _backup_families(out, state)
+    yield from _volume_families(out, state)
+    yield from _replica_families(out, state)
+    yield from _snapshot_families(out, state, churn)
+    yield from _backup_families(out, state)
     _recurring_job_families(out, state)
     _node_families(out, state)
     version = state.longhorn_version
@@ -190,7 +214,7 @@ def _vols(state: ClusterState) -> Iterator[tuple[tuple[str, str, str, str], Volu
         yield (v.name, v.pvc, v.pvc_namespace, v.node), v
 
 
-def _volume_families(out: _Families, state: ClusterState) -> None:
+def _volume_families(out: _Families, state: ClusterState) -> Iterator[None]:
     info = out.new(
         "longhorn_volume_info",
         "Volume settings; always 1.",
@@ -239,7 +263,9 @@ def _volume_families(out: _Families, state: ClusterState) -> None:
         "Volume status.lastBackupAt in Unix seconds; 0 when never backed up.",
         VOLUME_LABELS,
     )
-    for labels, v in _vols(state):
+    for i, (labels, v) in enumerate(_vols(state)):
+        if i % STEP == STEP - 1:
+            yield
         info.samples.append(
             (
                 (
@@ -281,7 +307,7 @@ def _volume_families(out: _Families, state: ClusterState) -> None:
         ).samples.extend((labels, v.backup_last_success or 0.0) for labels, v in _vols(state))
 
 
-def _replica_families(out: _Families, state: ClusterState) -> None:
+def _replica_families(out: _Families, state: ClusterState) -> Iterator[None]:
     out.new(
         "longhorn_volume_replicas_desired",
         "Replicas the volume should have (spec.numberOfReplicas).",
@@ -309,7 +335,9 @@ def _replica_families(out: _Families, state: ClusterState) -> None:
         "Active replicas not scheduled to a node (spec.nodeID empty) and not failed.",
         VOLUME_LABELS,
     )
-    for labels, v in _vols(state):
+    for i, (labels, v) in enumerate(_vols(state)):
+        if i % STEP == STEP - 1:
+            yield
         present.samples.append((labels, float(v.replicas or 0)))
         unscheduled.samples.append((labels, float(v.replicas_unscheduled or 0)))
     if not state.has("engines"):
@@ -326,7 +354,7 @@ def _replica_families(out: _Families, state: ClusterState) -> None:
         )
 
 
-def _snapshot_families(out: _Families, state: ClusterState, churn: SnapshotChurn) -> None:
+def _snapshot_families(out: _Families, state: ClusterState, churn: SnapshotChurn) -> Iterator[None]:
     if not state.has("snapshots"):
         return
     count = out.new(
@@ -362,7 +390,9 @@ def _snapshot_families(out: _Families, state: ClusterState, churn: SnapshotChurn
         VOLUME_LABELS,
         "counter",
     )
-    for labels, v in _vols(state):
+    for i, (labels, v) in enumerate(_vols(state)):
+        if i % STEP == STEP - 1:
+            yield
         s = v.snapshots
         if s is None:
             continue
@@ -377,7 +407,7 @@ def _snapshot_families(out: _Families, state: ClusterState, churn: SnapshotChurn
             removed.samples.append((labels, float(churn.removed[v.name])))
 
 
-def _backup_families(out: _Families, state: ClusterState) -> None:
+def _backup_families(out: _Families, state: ClusterState) -> Iterator[None]:
     if state.has("backups"):
         success = out.new(
             "longhorn_backup_last_success_timestamp_seconds",
@@ -410,7 +440,9 @@ def _backup_families(out: _Families, state: ClusterState) -> None:
             "creationTimestamp of the oldest backup still New, Pending or InProgress.",
             BACKUP_LABELS,
         )
-        for key, b in state.backups.items():
+        for i, (key, b) in enumerate(state.backups.items()):
+            if i % STEP == STEP - 1:
+                yield
             success.samples.append((key, b.last_success or 0.0))
             if b.last_latency is not None:
                 latency.samples.append((key, b.last_latency))
