@@ -1,17 +1,17 @@
 """One refresh of one cluster, and the answer to one probe.
 
 A *refresh* lists every Longhorn resource of a cluster concurrently, page by page, reduces
-each page into small records as it arrives and drops it, then builds the metric families
-and renders them once, straight to gzip, in a worker thread. Every probe served from that
-refresh reuses those bytes, so an HA pair of Prometheus servers plus dashboards does not
-multiply the work. A *probe* adds a small per-request head (``probe_success``, durations,
-data age) in front of them.
+each page into small records as it arrives and drops it, then joins them, builds the
+metric families and renders them once, straight to gzip, in short steps on the event loop.
+Every probe served from that refresh reuses those bytes, so an HA pair of Prometheus
+servers plus dashboards does not multiply the work. A *probe* adds a small per-request
+head (``probe_success``, durations, data age) in front of them.
 
-The rendered form is one small gzip member per family for its ``# HELP``/``# TYPE`` lines
-in each format, and one for its sample lines, shared by both formats: concatenated gzip
-members are one valid gzip stream (RFC 1952 section 2.2), so either format is a join of
-cached bytes, and the families themselves are dropped once rendered (bench/README.md has
-the numbers behind each choice).
+The rendered form is a list of gzip members per format. Both formats have the same sample
+lines and differ only in some ``# HELP``/``# TYPE`` lines, so the members are shared but
+where the metadata differs; concatenated gzip members are one valid gzip stream (RFC 1952
+section 2.2), so either format is a join of cached bytes, and the families themselves are
+dropped once rendered (bench/README.md has the numbers behind each choice).
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ import struct
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 
 from .kube import Call, KubeClient, UpstreamError
-from .longhorn import CORE_RESOURCES, RESOURCES, ClusterReducer, ClusterState
-from .metrics import Family, encode_parts, longhorn_families
+from .longhorn import CORE_RESOURCES, RESOURCES, ClusterReducer, ClusterState, drain
+from .metrics import Family, building_families, encode_parts
 
 if TYPE_CHECKING:
     from .fleet import ClusterRuntime
@@ -41,11 +40,14 @@ DEFAULT_TIMEOUT = 120.0  # blackbox_exporter's, when Prometheus sends no scrape 
 # 2,000 volumes (17.7 MB of exposition): level 1 takes 73 ms for 2.32 MB, level 6 204 ms
 # for 1.99 MB. CPU is what limits the exporter; 16% more bytes to Prometheus is cheap.
 GZIP_LEVEL = 1
-# Reducing, building families and rendering are pure Python that holds the GIL. One worker
-# does it all: more threads would not add CPU, only make the event loop wait behind more
-# GIL holders (each may keep it for the 5 ms switch interval) and hold more refreshes'
-# transient memory at once.
-_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+# Joining, building families and rendering are pure Python: a 2,000-volume cluster takes
+# ~200 ms. They run on the event loop in steps of at most SLICE seconds, between which
+# probes and I/O get their turn. (In a worker thread, the loop fought that thread for the
+# GIL at every socket read and decompression, and each loop callback took twice as long:
+# 60-100 ms stalls in a 51-cluster sweep against 10-20 ms now; bench/README.md.)
+SLICE = 0.005
+CHUNK = 1024  # samples encoded (and compressed) per render step
+R = TypeVar("R")
 INFLATE_INLINE_BYTES = 64 * 1024  # smaller rendered bodies are gunzipped on the loop
 
 
@@ -92,8 +94,14 @@ class Rendered:
 
 
 def render(families: Iterable[Family], cluster: str) -> Rendered:
-    """Encode and compress family by family: the whole exposition is never held as text,
-    and a new compressor (~0.1 ms to set up) starts only where the formats differ."""
+    """Encode and compress, all at once (see ``rendering``)."""
+    return drain(rendering(families, cluster))
+
+
+def rendering(families: Iterable[Family], cluster: str) -> Generator[None, None, Rendered]:
+    """Encode and compress family by family, ``CHUNK`` samples per step: the whole
+    exposition is never held as text, and a new compressor (~0.1 ms to set up) starts only
+    where the formats differ."""
     text: list[bytes] = []
     openmetrics: list[bytes] = []
     member: list[bytes] = []
@@ -109,7 +117,7 @@ def render(families: Iterable[Family], cluster: str) -> Rendered:
             member.clear()
             compressor = None
 
-    for part in encode_parts(families, cluster):
+    for part in encode_parts(families, cluster, CHUNK):
         if part.text_meta == part.openmetrics_meta:
             chunk = part.text_meta + part.samples
         else:
@@ -120,8 +128,23 @@ def render(families: Iterable[Family], cluster: str) -> Rendered:
         if compressor is None:
             compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
         member.append(compressor.compress(chunk.encode("utf-8")))
+        yield
     close_member()
     return Rendered(tuple(text), tuple(openmetrics))
+
+
+async def run_sliced(steps: Generator[None, None, R]) -> R:
+    """Run a stepwise computation on the event loop, handing the loop back to other work
+    every ``SLICE`` seconds."""
+    until = time.perf_counter() + SLICE
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        if time.perf_counter() >= until:
+            await asyncio.sleep(0)
+            until = time.perf_counter() + SLICE
 
 
 def stored_gzip(data: bytes) -> bytes:
@@ -179,9 +202,10 @@ class Refresh:
         rendered = self.rendered
         if rendered is None:
             if self._rendering is None:
-                loop = asyncio.get_running_loop()
                 families, self.families = self.families, []
-                self._rendering = loop.run_in_executor(_WORKER, render, families, self.cluster)
+                self._rendering = asyncio.ensure_future(
+                    run_sliced(rendering(families, self.cluster))
+                )
             rendered = self.rendered = await self._rendering
         members = rendered.openmetrics if openmetrics else rendered.text
         if compressed:
@@ -252,23 +276,14 @@ async def refresh_cluster(
         return failed(resources[core_failed[0]].error or "core resources failed")
     complete = frozenset(r for r, res in resources.items() if res.ok)
     head = collection_families(True, resources, rt.errors_total)
-    # Joining, building families and rendering a 2,000-volume cluster take a few hundred
-    # ms of pure Python; in the worker the event loop keeps getting the GIL every few ms.
-    loop = asyncio.get_running_loop()
-    state, rendered = await loop.run_in_executor(
-        _WORKER, _reduce_and_render, rt, reducer, complete, head
-    )
+    state = await run_sliced(reducer.finishing(complete))
+    rt.churn.update(state)
+    families = await run_sliced(building_families(state, rt.churn))
+    rendered = await run_sliced(rendering([*head, *families], rt.name))
+    del families  # rendered: what the probes serve
     failures = [res.error for res in resources.values() if res.error]
     error = f"partial data: {'; '.join(failures)}" if failures else None
     return _finish(rt, True, error, calls, resources, state, started_at, rendered)
-
-
-def _reduce_and_render(
-    rt: ClusterRuntime, reducer: ClusterReducer, complete: frozenset[str], head: list[Family]
-) -> tuple[ClusterState, Rendered]:
-    state = reducer.finish(complete)
-    rt.churn.update(state)
-    return state, render([*head, *longhorn_families(state, rt.churn)], rt.name)
 
 
 def _finish(
