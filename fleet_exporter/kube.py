@@ -13,7 +13,7 @@ import asyncio
 import asyncio.sslproto
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import quote
@@ -118,13 +118,14 @@ class KubeClient:
         resource: str,
         continue_token: str,
         deadline: float,
-        parse: Callable[[bytearray], T],
+        parse: Callable[[bytearray], Awaitable[T]],
         page: int = 1,
     ) -> T:
-        """One list page, handed to ``parse`` (which raises ValueError for a body that is
-        not a usable list). Raises UpstreamError; never waits past ``deadline`` (a
-        ``time.monotonic()`` value). Each call is reported once, with its final code, so a
-        200 carrying garbage counts as ``invalid``."""
+        """One list page, handed to ``parse`` (a coroutine function, so the caller can
+        schedule the CPU work; it raises ValueError for a body that is not a usable list).
+        Raises UpstreamError; never waits past ``deadline`` (a ``time.monotonic()``
+        value). Each call is reported once, with its final code, so a 200 carrying
+        garbage counts as ``invalid``."""
         params = {"limit": str(self.settings.page_size)}
         if continue_token:
             params["continue"] = continue_token
@@ -139,7 +140,7 @@ class KubeClient:
                 body = await self._get(url, params, deadline)
                 size = len(body)
                 try:
-                    result = parse(body)
+                    result = await parse(body)
                 except ValueError as e:
                     raise UpstreamError("invalid", f"page {page}: {e}") from None
                 del body  # parse kept what it needs

@@ -17,9 +17,11 @@ dropped once rendered (bench/README.md has the numbers behind each choice).
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import struct
 import time
+import weakref
 import zlib
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable
@@ -133,18 +135,69 @@ def rendering(families: Iterable[Family], cluster: str) -> Generator[None, None,
     return Rendered(tuple(text), tuple(openmetrics))
 
 
-async def run_sliced(steps: Generator[None, None, R]) -> R:
-    """Run a stepwise computation on the event loop, handing the loop back to other work
-    every ``SLICE`` seconds."""
-    until = time.perf_counter() + SLICE
-    while True:
+class CpuTurn:
+    """One CPU-heavy refresh step (a page's decode and reduce, a slice of join or render)
+    per event-loop iteration, in arrival order, across all refreshes. Slicing alone did
+    not bound an iteration: eight refreshes each ran their slice in the same one."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._taken = False  # a step runs, or ran in this iteration
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if not self._taken and not self._waiting:
+            self._taken = True
+            return
+        granted = self._loop.create_future()
+        self._waiting.append(granted)
         try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
-        if time.perf_counter() >= until:
-            await asyncio.sleep(0)
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._loop.call_soon(self._pass)  # granted, but not taken up: pass it on
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._loop.call_soon(self._pass)  # the next step goes in a later iteration
+
+    def _pass(self) -> None:
+        while self._waiting:
+            granted = self._waiting.popleft()
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self._taken = False
+
+
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CpuTurn] = weakref.WeakKeyDictionary()
+
+
+def cpu_turn() -> CpuTurn:
+    """The running event loop's CpuTurn."""
+    loop = asyncio.get_running_loop()
+    turn = _TURNS.get(loop)
+    if turn is None:
+        turn = _TURNS[loop] = CpuTurn(loop)
+    return turn
+
+
+async def run_sliced(steps: Generator[None, None, R]) -> R:
+    """Run a stepwise computation on the event loop, ``SLICE`` seconds per CPU turn."""
+    turn = cpu_turn()
+    while True:
+        async with turn:
             until = time.perf_counter() + SLICE
+            while time.perf_counter() < until:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return done.value
+
+
+async def _in_turn(fn: Callable[[bytearray], R], body: bytearray) -> R:
+    async with cpu_turn():
+        return fn(body)
 
 
 def stored_gzip(data: bytes) -> bytes:
@@ -245,6 +298,7 @@ async def refresh_cluster(
 
     async def list_all(resource: str) -> None:
         result = resources[resource]
+        add_page = partial(reducer.add_page, resource)
         t0 = time.monotonic()
         token = ""
         async with limit:
@@ -256,7 +310,7 @@ async def refresh_cluster(
                         )
                     result.pages += 1
                     page = await client.list_page(
-                        resource, token, deadline, partial(reducer.add_page, resource), result.pages
+                        resource, token, deadline, partial(_in_turn, add_page), result.pages
                     )
                     result.objects += page.items
                     result.malformed += page.malformed
