@@ -736,12 +736,21 @@ class ClusterReducer:
     def add_page(self, resource: str, body: bytes | bytearray) -> PageInfo:
         """Decode one page of ``resource`` and fold it in. Raises PageError for a page
         that is not a List, ValueError for a resource not in RESOURCES."""
+        return drain(self.adding_page(resource, body))
+
+    def adding_page(
+        self, resource: str, body: bytes | bytearray
+    ) -> Generator[None, None, PageInfo]:
+        """``add_page`` in steps: the decode, then ``STEP`` objects at a time (a page of
+        500 engines is ~15 ms of work)."""
         reduce = self._reduce.get(resource)
         if reduce is None:
             raise ValueError(f"unknown Longhorn resource {resource!r}")
         items, malformed, meta = _decode_page(resource, body)
         good = 0
-        for obj in items:
+        for i, obj in enumerate(items):
+            if i % STEP == STEP - 1:
+                yield
             if obj.metadata is None or not obj.metadata.name:
                 malformed += 1  # an object without a name cannot be joined or labelled
                 continue

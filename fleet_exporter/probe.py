@@ -26,13 +26,19 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 
 from .kube import Call, KubeClient, UpstreamError
-from .longhorn import CORE_RESOURCES, RESOURCES, ClusterReducer, ClusterState, drain
+from .longhorn import (
+    CORE_RESOURCES,
+    RESOURCES,
+    ClusterReducer,
+    ClusterState,
+    PageInfo,
+    drain,
+)
 from .metrics import Family, building_families, encode_parts
 
 if TYPE_CHECKING:
@@ -195,11 +201,6 @@ async def run_sliced(steps: Generator[None, None, R]) -> R:
                     return done.value
 
 
-async def _in_turn(fn: Callable[[bytearray], R], body: bytearray) -> R:
-    async with cpu_turn():
-        return fn(body)
-
-
 def stored_gzip(data: bytes) -> bytes:
     """A gzip member holding ``data`` uncompressed (deflate "stored" blocks): for a few
     hundred bytes of metadata, cheaper than setting up a compressor, and barely larger."""
@@ -298,7 +299,10 @@ async def refresh_cluster(
 
     async def list_all(resource: str) -> None:
         result = resources[resource]
-        add_page = partial(reducer.add_page, resource)
+
+        async def add_page(body: bytearray) -> PageInfo:
+            return await run_sliced(reducer.adding_page(resource, body))
+
         t0 = time.monotonic()
         token = ""
         async with limit:
@@ -309,9 +313,7 @@ async def refresh_cluster(
                             "invalid", f"more than {settings.max_pages} pages; continue never ends"
                         )
                     result.pages += 1
-                    page = await client.list_page(
-                        resource, token, deadline, partial(_in_turn, add_page), result.pages
-                    )
+                    page = await client.list_page(resource, token, deadline, add_page, result.pages)
                     result.objects += page.items
                     result.malformed += page.malformed
                     token = page.continue_token
