@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import math
 import struct
 import time
@@ -57,6 +58,17 @@ SLICE = 0.005
 CHUNK = 1024  # samples encoded (and compressed) per render step
 R = TypeVar("R")
 INFLATE_INLINE_BYTES = 64 * 1024  # smaller rendered bodies are gunzipped on the loop
+
+
+def settle_heap() -> None:
+    """Tune the garbage collector for refreshes; call once, after startup, when the
+    kubeconfigs are loaded. The startup heap (~65k objects, mostly imported modules)
+    moves to the permanent generation, so a full collection no longer walks it, and young
+    collections run every 10,000 allocations instead of 700. Measured in a 51-cluster
+    sweep: longest loop stall 57 -> 40 -> 24 ms, 2% less CPU (bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def probe_timeout(header: str | None, module_timeout: float, offset: float) -> float:
