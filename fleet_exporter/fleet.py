@@ -25,7 +25,7 @@ from .credentials import Credentials, CredentialsError, check_permissions, load_
 from .history import History
 from .kube import Call, new_session
 from .longhorn import SnapshotChurn
-from .probe import Refresh, refresh_cluster
+from .probe import Refresh, failed_refresh, refresh_cluster
 from .selfmetrics import SelfMetrics
 
 log = logging.getLogger(__name__)
@@ -217,8 +217,14 @@ class Fleet:
         assert self._refresh_limit is not None
         async with self._refresh_limit:
             self.metrics.refreshes_in_flight.inc()
+            started_at = time.time()
             try:
                 result = await refresh_cluster(rt, self.session, self._count_call)
+            except Exception as e:
+                # A bug (say, data shaped as no Longhorn version ever was) costs this one
+                # cluster its probe, never the process or the other clusters.
+                log.exception("cluster %s: refresh failed unexpectedly", rt.name)
+                result = failed_refresh(rt, f"internal error: {type(e).__name__}", started_at)
             finally:
                 self.metrics.refreshes_in_flight.dec()
         if self.clusters.get(rt.name) is rt:  # not removed or replaced meanwhile

@@ -354,6 +354,12 @@ async def refresh_cluster(
     return _finish(rt, True, error, calls, resources, state, started_at, rendered)
 
 
+def failed_refresh(rt: ClusterRuntime, error: str, started_at: float) -> Refresh:
+    """A refresh that produced nothing servable, with ``error`` on every resource."""
+    resources = {r: ResourceResult(error=error) for r in RESOURCES}
+    return _finish(rt, False, error, [], resources, None, started_at)
+
+
 def _finish(
     rt: ClusterRuntime,
     ok: bool,

@@ -358,3 +358,23 @@ async def test_probes_keep_answering_while_clusters_change(env):
     assert set(answers) == {1.0}, answers
     assert sorted(env.fleet.clusters) == ["alpha", "beta", "delta", "gamma"]
     assert value((await env.probe("beta"))[1], "probe_success") == 1
+
+
+async def test_an_unexpected_error_costs_only_that_clusters_probe(env, monkeypatch, caplog):
+    import fleet_exporter.fleet as fleet_module
+
+    real = fleet_module.refresh_cluster
+
+    async def broken(rt, session, on_call):
+        if rt.name == "beta":
+            raise KeyError("a field no Longhorn version ever had")
+        return await real(rt, session, on_call)
+
+    monkeypatch.setattr(fleet_module, "refresh_cluster", broken)
+    status, smp, _ = await env.probe("beta")
+    assert (status, value(smp, "probe_success"), value(smp, "longhorn_up")) == (200, 0, 0)
+    _, debug, _ = await env.get("/probe?cluster=beta&debug=true")
+    assert "internal error: KeyError" in debug
+    assert "Traceback" not in debug
+    assert "refresh failed unexpectedly" in caplog.text
+    assert value((await env.probe("alpha"))[1], "probe_success") == 1
