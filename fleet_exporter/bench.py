@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import resource
 import signal
 import statistics
 import struct
@@ -1036,7 +1037,11 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
 def format_table(result: dict[str, Any]) -> str:
     rows = [("figure", "measured", "target", ""), *table_rows(result)]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = [f"machine: {result['machine']['summary']}"]
+    m = result["machine"]
+    lines = [
+        f"machine: {m['summary']}; other processes used {m.get('other_load', 0.0):.2f} cores "
+        f"on average during the {result['seconds']:.0f} s run"
+    ]
     for i, r in enumerate(rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if i == 0:
@@ -1171,9 +1176,28 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (all processes, all cores)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and its finished children (the three servers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 async def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One full benchmark run; returns the result document."""
+    """One full benchmark run; returns the result document. It also records how busy the
+    machine was with other work meanwhile: on a shared 2-core machine that is the main
+    source of noise in these figures."""
     started = time.time()
+    busy0, own0 = _machine_busy(), _own_cpu()
     with tempfile.TemporaryDirectory(prefix="fleet-exporter-bench-") as tmp:
         work = Path(tmp)
 
@@ -1193,6 +1217,9 @@ async def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, An
     result["exporter"] = _exporter_settings()
     result["started"] = started
     result["seconds"] = time.time() - started
+    other = max(0.0, (_machine_busy() - busy0) - (_own_cpu() - own0))
+    result["machine"]["other_cpu_s"] = other
+    result["machine"]["other_load"] = other / result["seconds"]
     return result
 
 
