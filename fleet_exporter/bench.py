@@ -1066,6 +1066,7 @@ _FONT = {  # 3x5 glyphs, rows top to bottom
     "X": "101101010101101", "Y": "101101010010010", "(": "001010010010001",
     ")": "100010010010100", "/": "001001010100100", " ": "000000000000000",
     ",": "000000000010100", ":": "000010000010000", "=": "000111000111000",
+    "Z": "111001010100111", "J": "001001001101010", "Q": "010101101110011",
 }  # fmt: skip
 
 
@@ -1113,43 +1114,50 @@ class _Canvas:
 
 
 def plot_png(cold: Sequence[dict[str, Any]]) -> bytes:
-    """Cold probe and floor latency (linear, seconds) against cluster size (log volumes)."""
+    """Cold probe and floor latency against cluster size, both axes logarithmic (ms,
+    volumes), so small and big clusters are both readable."""
     c = _Canvas(720, 440)
-    left, right, top, bottom = 70, 700, 40, 390
+    left, right, top, bottom = 80, 690, 40, 380
     points = sorted(cold, key=lambda r: r["volumes"])
-    xmin = math.log10(max(1, min(r["volumes"] for r in points)))
-    xmax = math.log10(max(r["volumes"] for r in points))
-    xmax = xmax if xmax > xmin else xmin + 1
-    ymax = max(r["probe_s"] for r in points) * 1.1 or 1.0
+    xs = [r["volumes"] for r in points]
+    ys = [r[k] * 1000 for r in points for k in ("probe_s", "floor_s")]
+    x0, x1 = math.log10(max(1, min(xs))), math.log10(max(xs))
+    y0, y1 = math.floor(math.log10(max(min(ys), 0.1))), math.ceil(math.log10(max(ys)))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
 
-    def xy(volumes: float, seconds: float) -> tuple[int, int]:
-        x = left + (math.log10(volumes) - xmin) / (xmax - xmin) * (right - left)
-        return round(x), round(bottom - seconds / ymax * (bottom - top))
+    def xy(volumes: float, ms: float) -> tuple[int, int]:
+        x = left + (math.log10(volumes) - x0) / (x1 - x0) * (right - left)
+        y = bottom - (math.log10(max(ms, 10**y0)) - y0) / (y1 - y0) * (bottom - top)
+        return round(x), round(y)
 
-    grey = (200, 200, 200)
+    def ticks(lo: float, hi: float) -> list[float]:
+        return [
+            m * 10**d
+            for d in range(math.floor(lo), math.ceil(hi) + 1)
+            for m in (1, 2, 5)
+            if lo - 1e-9 <= math.log10(m * 10**d) <= hi + 1e-9
+        ]
+
+    grey = (205, 205, 205)
+    for ms in ticks(y0, y1):
+        _, y = xy(xs[0], ms)
+        c.line(left, y, right, y, grey)
+        c.text(8, y - 5, f"{ms:g} MS")
+    for v in ticks(x0, x1):
+        x, _ = xy(v, 10**y0)
+        c.line(x, bottom, x, bottom + 6, (0, 0, 0))
+        c.text(min(x - 8, right - 8 * len(str(v))), bottom + 12, str(v))
     c.line(left, bottom, right, bottom, (0, 0, 0))
     c.line(left, top, left, bottom, (0, 0, 0))
-    for i in range(6):
-        s = ymax * i / 5
-        _, y = xy(10**xmin, s)
-        c.line(left + 2, y, right, y, grey) if i else None
-        c.text(8, y - 5, f"{s:.3g}")
-    for decade in range(math.floor(xmin), math.ceil(xmax) + 1):
-        for m in (1, 2, 5):
-            v = m * 10**decade
-            if xmin <= math.log10(v) <= xmax:
-                x, _ = xy(v, 0)
-                c.line(x, bottom, x, bottom + 6, (0, 0, 0))
-                c.text(x - 8, bottom + 12, str(v))
-    c.text(left, 12, "COLD PROBE AND FLOOR (S) BY CLUSTER VOLUMES")
-    c.text(right - 200, bottom + 32, "VOLUMES (LOG)")
+    c.text(left, 12, "COLD PROBE AND UPSTREAM FLOOR BY CLUSTER SIZE")
+    c.text(right - 230, bottom + 34, "VOLUMES PER CLUSTER")
     for key, rgb, label, ly in (
-        ("probe_s", (30, 90, 200), "PROBE", 60),
-        ("floor_s", (220, 110, 20), "FLOOR", 80),
+        ("probe_s", (30, 90, 200), "COLD PROBE", 56),
+        ("floor_s", (220, 110, 20), "FLOOR (BARE CLIENT)", 76),
     ):
         prev = None
         for r in points:
-            p = xy(r["volumes"], r[key])
+            p = xy(r["volumes"], r[key] * 1000)
             if prev:
                 c.line(*prev, *p, rgb)
             c.dot(p[0] - 3, p[1] - 3, rgb, 7)
