@@ -255,6 +255,7 @@ class Refresh:
     families: list[Family]
     rendered: Rendered | None = None
     _rendering: asyncio.Future[Rendered] | None = field(default=None, repr=False)
+    _log: str | None = field(default=None, repr=False)
 
     @property
     def duration(self) -> float:
@@ -262,6 +263,38 @@ class Refresh:
 
     def age(self, now_mono: float | None = None) -> float:
         return max(0.0, (now_mono or time.monotonic()) - self.finished_mono)
+
+    def log(self) -> str:
+        """What the refresh did, call by call, for every probe's log (made once: a big
+        cluster's refresh makes ~150 calls, and every warm probe logs them)."""
+        if self._log is None:
+            verdict = "ok" if self.ok else "FAILED"
+            lines = [
+                f"Refresh {_when(self.started_at)}: {verdict} in {self.duration:.3f}s"
+                + (f": {self.error}" if self.error else ""),
+                "Upstream calls:",
+            ]
+            lines += [
+                f"  {c.code:>7}  {c.resource:<14} page {c.page:<4} {c.seconds:8.3f}s "
+                f"{c.bytes:>10} B" + (f"  {c.error}" if c.error else "")
+                for c in self.calls
+            ]
+            if not self.calls:
+                lines.append("  (none)")
+            lines.append("Resources:")
+            for name, r in sorted(self.resources.items()):
+                status = "ok" if r.ok else "FAILED"
+                line = (
+                    f"  {name:<14} {status:<6} {r.objects:>7} objects {r.pages:>4} pages "
+                    f"{r.seconds:8.3f}s"
+                )
+                if r.malformed:
+                    line += f"  {r.malformed} malformed objects skipped"
+                if r.error:
+                    line += f"  {r.error}"
+                lines.append(line)
+            self._log = "\n".join(lines)
+        return self._log
 
     async def body(self, openmetrics: bool, compressed: bool) -> bytes:
         """The rendered families (no ``# EOF``): gzip members joined, or their text."""
@@ -527,30 +560,6 @@ def probe_log(
             "good data younger than max_staleness (it goes on in the background)"
         )
     if refresh is not None:
-        verdict = "ok" if refresh.ok else "FAILED"
-        lines.append(
-            f"Refresh {_when(refresh.started_at)}: {verdict} in {refresh.duration:.3f}s"
-            + (f": {refresh.error}" if refresh.error else "")
-        )
-        lines.append("Upstream calls:")
-        lines += [
-            f"  {c.code:>7}  {c.resource:<14} page {c.page:<4} {c.seconds:8.3f}s {c.bytes:>10} B"
-            + (f"  {c.error}" if c.error else "")
-            for c in refresh.calls
-        ]
-        if not refresh.calls:
-            lines.append("  (none)")
-        lines.append("Resources:")
-        for name, r in sorted(refresh.resources.items()):
-            status = "ok" if r.ok else "FAILED"
-            line = (
-                f"  {name:<14} {status:<6} {r.objects:>7} objects {r.pages:>4} pages "
-                f"{r.seconds:8.3f}s"
-            )
-            if r.malformed:
-                line += f"  {r.malformed} malformed objects skipped"
-            if r.error:
-                line += f"  {r.error}"
-            lines.append(line)
+        lines.append(refresh.log())
     lines.append(f"Probe {'succeeded' if success else 'FAILED'} in {duration:.3f}s")
     return "\n".join(lines) + "\n"
