@@ -6,8 +6,10 @@ to (gzip members per format) serves exactly what the encoder writes."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import time
 import zlib
 
 import pytest
@@ -127,3 +129,34 @@ async def test_rendered_body_is_the_encoding_in_both_formats():
     # Only the families whose metadata differs between formats split the stream.
     shared = [m for m in rendered.text if m in rendered.openmetrics]
     assert len(shared) == 3 and len(rendered.text) == 5
+
+
+async def test_cpu_turn_takes_turns_and_survives_errors_and_cancellation():
+    """Sliced computations share the loop's CPU turn; one that raises or is cancelled
+    while waiting does not keep the others from finishing."""
+    order: list[str] = []
+
+    def steps(name: str, n: int, fail: bool = False):
+        for i in range(n):
+            order.append(f"{name}{i}")
+            time.sleep(probe.SLICE)  # each step uses up a whole slice
+            yield
+        if fail:
+            raise ValueError(name)
+        return name
+
+    a = asyncio.create_task(probe.run_sliced(steps("a", 3)))
+    b = asyncio.create_task(probe.run_sliced(steps("b", 3, fail=True)))
+    c = asyncio.create_task(probe.run_sliced(steps("c", 3)))
+    await asyncio.sleep(0)
+    c.cancel()
+    assert await asyncio.wait_for(a, 5) == "a"
+    with pytest.raises(ValueError, match="b"):
+        await asyncio.wait_for(b, 5)
+    with pytest.raises(asyncio.CancelledError):
+        await c
+    # One slice per turn, first come first served: a took its first slice before b and c
+    # asked, so it was queued first; then a and b alternate (c's cancelled turn skipped).
+    assert order == ["a0", "a1", "b0", "a2", "b1", "b2"]
+    # The turn is free again: a new computation runs at once.
+    assert await asyncio.wait_for(probe.run_sliced(steps("d", 1)), 1) == "d"
