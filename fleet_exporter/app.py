@@ -8,7 +8,6 @@ exporter gets). A failing cluster is an HTTP 200 with ``probe_success 0``: Prome
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 import time
@@ -20,7 +19,7 @@ from .config import CLUSTER_NAME, ConfigError
 from .fleet import Fleet
 from .history import ProbeRecord, new_id
 from .metrics import encode
-from .probe import head_families, probe_log, probe_timeout
+from .probe import head_families, probe_log, probe_timeout, stored_gzip
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +136,11 @@ async def handle_probe(request: web.Request) -> web.Response:
     compressed = accepts_gzip(request.headers.get("Accept-Encoding", ""))
     parts = [encode(head, name, openmetrics=openmetrics, eof=False)]
     if compressed:
-        parts[0] = gzip.compress(parts[0], 1, mtime=0)
+        parts[0] = stored_gzip(parts[0])  # a few hundred bytes: no compressor set-up
     if refresh is not None:
         parts.append(await refresh.body(openmetrics, compressed))
     if openmetrics:
-        parts.append(gzip.compress(EOF_LINE, 1, mtime=0) if compressed else EOF_LINE)
+        parts.append(stored_gzip(EOF_LINE) if compressed else EOF_LINE)
     # Concatenated gzip members are one valid gzip stream (RFC 1952 section 2.2), so the
     # cached, once-compressed body is sent as is behind a freshly compressed head.
     response = web.Response(body=b"".join(parts))
