@@ -417,20 +417,16 @@ def parse_time(value: str | None) -> float | None:
 
 
 def to_number(value: Num) -> float | None:
-    """A size or count that may be a JSON number, a decimal string or ``""``."""
-    if value is None or isinstance(value, bool):
-        return None
+    """A size or count that may be a JSON number, a decimal string or ``""``. (``float``
+    of a decimal string rounds exactly as ``float(int(...))`` does, and takes surrounding
+    spaces; one call instead of three matters at 60,000 objects a refresh.)"""
     if isinstance(value, str):
-        value = value.strip()
-        if not value:
-            return None
         try:
-            number = float(int(value))
+            number = float(value)
         except ValueError:
-            try:
-                number = float(value)
-            except ValueError:
-                return None
+            return None
+    elif value is None or isinstance(value, bool):
+        return None
     else:
         number = float(value)
     return number if math.isfinite(number) else None

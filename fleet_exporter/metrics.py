@@ -147,7 +147,11 @@ def _samples(
                 raise ValueError(
                     f"family {fam.name}: {len(values)} label values for {width} label names"
                 )
-            block = blocks[values] = template % tuple(map(_escape, pick(values)))
+            picked = pick(values)
+            joined = "".join(picked)  # one scan instead of an _escape call per value
+            if "\\" in joined or '"' in joined or "\n" in joined:
+                picked = tuple(map(_escape, picked))
+            block = blocks[values] = template % picked
         text = number_of(value)
         if text is None:
             text = numbers[value] = floatToGoString(value)

@@ -15,6 +15,7 @@ import zlib
 import pytest
 
 from fleet_exporter import bench, probe
+from fleet_exporter.longhorn import to_number
 from fleet_exporter.metrics import Family, encode
 
 
@@ -160,3 +161,27 @@ async def test_cpu_turn_takes_turns_and_survives_errors_and_cancellation():
     assert order == ["a0", "a1", "b0", "a2", "b1", "b2"]
     # The turn is free again: a new computation runs at once.
     assert await asyncio.wait_for(probe.run_sliced(steps("d", 1)), 1) == "d"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (" 42 ", 42.0),
+        ("9007199254740993", float(9007199254740993)),  # rounds as float(int(...)) does
+        ("1_000", 1000.0),
+        ("1" + "0" * 400, None),  # too big for a float: no OverflowError, just no number
+        ("-0", 0.0),
+        ("0x10", None),
+    ],
+)
+def test_to_number_single_float_call_keeps_its_meaning(raw, expected):
+    assert to_number(raw) == expected
+
+
+def test_label_escaping_fast_path_matches_prometheus_client():
+    values = ["plain", 'q"uote', "back\\slash", "new\nline", "ünïcode", "50%"]
+    families = [Family("m", "gauge", "h", ("v",), [((v,), 1.0) for v in values])]
+    text = encode(families, 'c"1', eof=False).decode()
+    for v in values:
+        escaped = v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+        assert f'm{{cluster="c\\"1",v="{escaped}"}} 1.0\n' in text
