@@ -1122,7 +1122,7 @@ def plot_png(cold: Sequence[dict[str, Any]]) -> bytes:
     xs = [r["volumes"] for r in points]
     ys = [r[k] * 1000 for r in points for k in ("probe_s", "floor_s")]
     x0, x1 = math.log10(max(1, min(xs))), math.log10(max(xs))
-    y0, y1 = math.floor(math.log10(max(min(ys), 0.1))), math.ceil(math.log10(max(ys)))
+    y0, y1 = math.log10(max(min(ys), 0.1) / 1.5), math.log10(max(ys) * 1.5)
     x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
 
     def xy(volumes: float, ms: float) -> tuple[int, int]:
