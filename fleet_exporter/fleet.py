@@ -83,7 +83,6 @@ class Fleet:
         self.cache: RefreshCache[Refresh] = RefreshCache()
         self.session: aiohttp.ClientSession | None = None
         self.ready = False
-        self.last_reload_error: str | None = None
         self._reload_lock = asyncio.Lock()
         self._refresh_limit: asyncio.Semaphore | None = None
         self._refresh_limit_size = 0
@@ -131,13 +130,11 @@ class Fleet:
         try:
             return await asyncio.to_thread(load_fleet, self.directory)
         except ConfigError as e:
-            self.last_reload_error = str(e)
             self.metrics.reload_ok.set(0)
             log.error("cannot load %s, keeping the running configuration: %s", self.directory, e)
             raise
 
     def _reloaded(self) -> None:
-        self.last_reload_error = None
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
 

@@ -45,6 +45,3 @@ class History:
     def records(self) -> list[ProbeRecord]:
         """Newest first."""
         return sorted([*self._recent, *self._failures], key=lambda r: r.id, reverse=True)
-
-    def get(self, record_id: int) -> ProbeRecord | None:
-        return next((r for r in self.records() if r.id == record_id), None)
