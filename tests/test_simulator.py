@@ -723,6 +723,42 @@ async def test_latency_and_request_accounting(sim, session):
     assert sim.requests("alpha") == 0 and sim.lists("alpha") == 0
 
 
+async def test_serving_rate_delays_each_page_by_its_json_size(sim, session):
+    """The modelled API server: round trip + JSON bytes / rate, per request, concurrently."""
+    alpha = Api(sim, session, "alpha")
+    status, body = await alpha.json("snapshots")
+    size = len(json.dumps(body, separators=(",", ":")))
+    rate = size / 0.3  # this page takes 0.3 s to "encode"
+    sim.set_latency("alpha", 0.05, bytes_per_second=rate)
+    started = time.monotonic()
+    results = await asyncio.gather(*(alpha.json("snapshots") for _ in range(5)))
+    elapsed = time.monotonic() - started
+    assert all(s == 200 for s, _ in results)
+    assert 0.33 <= elapsed < 0.9  # 0.05 + 0.3 each, concurrent
+    started = time.monotonic()
+    assert (await alpha.json("backuptargets"))[0] == 200  # a tiny page: the round trip only
+    assert time.monotonic() - started < 0.2
+    with pytest.raises(ValueError, match="bytes_per_second"):
+        sim.set_latency("alpha", 0.0, bytes_per_second=-1)
+    sim.set_latency("alpha", 0.0)
+    assert sim.cluster("alpha").bytes_per_second == 0.0
+
+
+async def test_gzip_faults_are_well_framed_but_unusable(sim, session):
+    alpha = Api(sim, session, "alpha")
+    sim.set_fault("alpha", "truncated_gzip", resource="volumes")
+    async with alpha.get("volumes", auto_decompress=False) as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"
+        raw = await resp.read()
+    inflater = zlib.decompressobj(wbits=31)
+    inflater.decompress(raw)
+    assert not inflater.eof  # the stream stops half way
+    sim.set_fault("alpha", "unknown_encoding", resource="volumes")
+    async with alpha.get("volumes", auto_decompress=False) as resp:
+        assert resp.headers["Content-Encoding"] == "br"
+        assert json.loads(await resp.read())["kind"] == "VolumeList"  # not brotli at all
+
+
 async def test_unreachable_cluster_refuses_connections(sim, session):
     url = sim.url_for("gamma")
     assert f":{sim.port}/" not in url

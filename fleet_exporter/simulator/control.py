@@ -9,7 +9,7 @@ loopback use only.
     GET    /_sim/clusters/{name}               one cluster: faults, latency, counts, summary
     PUT    /_sim/clusters/{name}/faults        {"fault": "503", "resource": "volumes" | null}
     DELETE /_sim/clusters/{name}/faults
-    PUT    /_sim/clusters/{name}/latency       {"seconds": 0.5}
+    PUT    /_sim/clusters/{name}/latency       {"seconds": 0.5, "bytes_per_second": 84e6}
     POST   /_sim/clusters/{name}/rotate-token
     PATCH  /_sim/clusters/{name}/spec          {"degraded_volumes": 3, ...}
     POST   /_sim/reset-counts                  {"cluster": name} or {} for all
@@ -57,6 +57,7 @@ def routes(fleet: SimulatedFleet) -> list[web.RouteDef]:
             "unreachable": state.spec.unreachable,
             "longhorn_version": state.spec.longhorn_version,
             "latency_seconds": state.latency,
+            "bytes_per_second": state.bytes_per_second,
             "faults": dict(state.faults),
             "requests": dict(state.requests),
             "lists": dict(state.lists),
@@ -100,9 +101,11 @@ def routes(fleet: SimulatedFleet) -> list[web.RouteDef]:
     async def put_latency(request: web.Request, name: str) -> web.Response:
         body = await _json_body(request)
         seconds = body.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise ValueError('body needs a number "seconds"')
-        fleet.set_latency(name, float(seconds))
+        rate = body.get("bytes_per_second", 0)
+        for value in (seconds, rate):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError('body needs a number "seconds" (and "bytes_per_second")')
+        fleet.set_latency(name, float(seconds), float(rate))
         return web.json_response(describe(name))
 
     async def rotate(request: web.Request, name: str) -> web.Response:

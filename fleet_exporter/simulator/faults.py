@@ -125,6 +125,19 @@ def truncated(body: bytes) -> web.Response:
     return web.Response(body=body[: len(body) // 2], content_type=JSON, headers=api_headers())
 
 
+def truncated_gzip(body: bytes) -> web.Response:
+    """The page gzipped, then cut in half: a well-framed body whose gzip stream stops."""
+    gz = zlib.compress(body, 1, wbits=31)
+    headers = {**api_headers(), "Content-Encoding": "gzip"}
+    return web.Response(body=gz[: len(gz) // 2], content_type=JSON, headers=headers)
+
+
+def unknown_encoding(body: bytes) -> web.Response:
+    """A body labelled with a Content-Encoding nobody asked for (brotli)."""
+    headers = {**api_headers(), "Content-Encoding": "br"}
+    return web.Response(body=body, content_type=JSON, headers=headers)
+
+
 def invalid_json(kind: str) -> web.Response:
     body = (
         b'{"apiVersion":"longhorn.io/v1beta2","items":[{"metadata":{"name":"x"}},,],"kind":"'

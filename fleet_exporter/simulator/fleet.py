@@ -25,6 +25,8 @@ BEHAVIOUR_FAULTS = frozenset(
         "wrong_content_type",
         "oversized",
         "gzip_bomb",
+        "truncated_gzip",
+        "unknown_encoding",
         "reset",
         "endless_continue",
         "expired_continue",

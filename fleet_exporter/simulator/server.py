@@ -63,6 +63,9 @@ class ClusterState:
     previous: ClusterStore | None = None  # still answers continue tokens after a change
     faults: dict[str, str] = field(default_factory=dict)
     latency: float = 0.0
+    # Bytes of list JSON served per second and request (0: at once). With ``latency`` it
+    # models an API server that is neither on loopback nor free: see set_latency.
+    bytes_per_second: float = 0.0
     requests: Counter[str] = field(default_factory=Counter)
     lists: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
@@ -263,10 +266,20 @@ class SimulatedFleet:
     def clear_faults(self, name: str) -> None:
         self.cluster(name).faults.clear()
 
-    def set_latency(self, name: str, seconds: float) -> None:
+    def set_latency(self, name: str, seconds: float, bytes_per_second: float = 0.0) -> None:
+        """Delay every request of cluster ``name`` by ``seconds`` (a round trip plus the
+        server's fixed cost), and a list page also by its JSON size / ``bytes_per_second``
+        (the server encoding it; 0 = no such cost). Requests are delayed independently, as
+        a multi-core kube-apiserver serves concurrent lists."""
         if not 0 <= seconds < 3600:
             raise ValueError(f"latency must be in [0, 3600) seconds, got {seconds}")
-        self.cluster(name).latency = float(seconds)
+        if not (bytes_per_second == 0 or 1e3 <= bytes_per_second <= 1e12):
+            raise ValueError(
+                f"bytes_per_second must be 0 or in [1e3, 1e12], got {bytes_per_second}"
+            )
+        state = self.cluster(name)
+        state.latency = float(seconds)
+        state.bytes_per_second = float(bytes_per_second)
 
     def requests(self, name: str, resource: str | None = None) -> int:
         """Requests that reached cluster `name` (every page counts), for one resource or
@@ -380,7 +393,9 @@ class SimulatedFleet:
                 fault = None  # only continue requests expire
             if fault is not None and fault != "endless_continue":
                 return await self._misbehave(request, state, fault, resource, namespace)
-            return self._serve(request, state, resource, namespace, fault == "endless_continue")
+            return await self._serve(
+                request, state, resource, namespace, fault == "endless_continue"
+            )
         finally:
             state.in_flight -= 1
 
@@ -402,7 +417,7 @@ class SimulatedFleet:
     def _accepts_gzip(self, request: web.Request) -> bool:
         return self.gzip and "gzip" in request.headers.get("Accept-Encoding", "").lower()
 
-    def _serve(
+    async def _serve(
         self,
         request: web.Request,
         state: ClusterState,
@@ -440,6 +455,8 @@ class SimulatedFleet:
             page = store.endless_page(resource, start, limit, gz)
         else:
             page = store.page(resource, start, limit, gz)
+        if state.bytes_per_second > 0:
+            await asyncio.sleep(page.json_bytes / state.bytes_per_second)
         return _page_response(page)
 
     async def _misbehave(
@@ -465,6 +482,10 @@ class SimulatedFleet:
         body, item = self._sample(state, resource, request)
         if fault == "truncated":
             return faults.truncated(body)
+        if fault == "truncated_gzip":
+            return faults.truncated_gzip(body)
+        if fault == "unknown_encoding":
+            return faults.unknown_encoding(body)
         if fault == "slow_drip":
             return await faults.slow_drip(request, body, settings)
         if fault == "reset":

@@ -65,12 +65,13 @@ class Page:
     gzipped: bool
     items: int
     next_start: int | None
+    json_bytes: int  # the body's size before gzip: what an API server has to encode
 
 
 def _page(body: bytes, accept_gzip: bool, items: int, next_start: int | None) -> Page:
     if accept_gzip and len(body) > GZIP_MIN_BYTES:
-        return Page(gzip_bytes(body), True, items, next_start)
-    return Page(body, False, items, next_start)
+        return Page(gzip_bytes(body), True, items, next_start, len(body))
+    return Page(body, False, items, next_start, len(body))
 
 
 class ClusterStore:
