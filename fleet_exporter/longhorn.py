@@ -348,6 +348,27 @@ class PageInfo:
     resource_version: str
 
 
+_LIST_META_DECODER = msgspec.json.Decoder(_ListMeta)
+_META_KEY = b'"metadata":'
+
+
+def peek_continue(body: bytes | bytearray) -> str:
+    """The page's continue token, guessed without decoding the items, so the next page
+    can be on its way while this one is decoded. kube-apiserver writes list keys in
+    sorted order (``apiVersion, items, kind, metadata``), so the list's ``metadata`` is
+    the body's last object. A guess: ``""`` when the tail does not look like that, and
+    the caller checks it against the decoded page."""
+    at = body.rfind(_META_KEY, max(0, len(body) - 64 * 1024))
+    end = body.rfind(b"}")
+    if at < 0 or end < at:
+        return ""
+    try:
+        meta = _LIST_META_DECODER.decode(memoryview(body)[at + len(_META_KEY) : end])
+    except msgspec.DecodeError:
+        return ""
+    return meta.continue_ or ""
+
+
 def _decode_page(resource: str, body: bytes | bytearray) -> tuple[list[Any], int, _ListMeta]:
     """Typed fast path; on any mismatch, decode item by item so one bad object does not
     cost the others their metrics. Returns (items, malformed count, list metadata)."""

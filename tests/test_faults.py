@@ -32,6 +32,8 @@ UPSTREAM_FAULTS = {
     "wrong_content_type": {"invalid"},
     "oversized": {"body_too_large"},
     "gzip_bomb": {"body_too_large"},
+    "truncated_gzip": {"invalid"},
+    "unknown_encoding": {"invalid"},
     "reset": {"reset"},
     "endless_continue": {"invalid"},
     "expired_continue": {"410"},

@@ -22,6 +22,7 @@ from fleet_exporter.longhorn import (
     PageError,
     SnapshotChurn,
     parse_time,
+    peek_continue,
     to_number,
 )
 from fleet_exporter.simulator.fleet import ClusterSpec
@@ -48,9 +49,9 @@ def example(name: str) -> dict[str, Any]:
 
 
 def page(items: list[dict[str, Any]], cont: str = "", rv: str = "42", kind: str = "List") -> bytes:
-    """A list page as kube-apiserver sends it."""
+    """A list page as kube-apiserver sends it (its keys in sorted order)."""
     meta = {"resourceVersion": rv, **({"continue": cont} if cont else {})}
-    body = {"apiVersion": "longhorn.io/v1beta2", "kind": kind, "metadata": meta, "items": items}
+    body = {"apiVersion": "longhorn.io/v1beta2", "items": items, "kind": kind, "metadata": meta}
     return json.dumps(body).encode()
 
 
@@ -357,6 +358,31 @@ def test_page_info_and_pagination_metadata() -> None:
     info = reducer.add_page("volumes", page([volume("c")]))
     assert (info.items, info.continue_token) == (1, "")
     assert list(reducer.finish(ALL).volumes) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("body", "guess"),
+    [
+        # kube-apiserver's key order: the list metadata comes last
+        (page([volume("a")], cont="tok-1"), "tok-1"),
+        (page([volume("a")]), ""),
+        (b'{"items":[],"metadata": {"continue": "spaced"} }', "spaced"),
+        # metadata first, or only objects' metadata at the end: no guess
+        (b'{"metadata":{"continue":"t"},"items":[{"metadata":{"name":"a"}}]}', ""),
+        (b'{"items":[],"metadata":{"continue":"t"},"kind":"VolumeList"}', ""),
+        (b'{"items":[{"metadata":{"continue":"inner"}}]}', ""),
+        (b'{"items":[],"metadata":{"continue":5}}', ""),
+        (b"<html>502</html>", ""),
+        (b"", ""),
+    ],
+)
+def test_peek_continue_guesses_from_the_tail(body: bytes, guess: str) -> None:
+    """The guess only starts the next page early; a wrong one costs a wasted request,
+    so anything unusual means no guess, and the decoded page decides."""
+    assert peek_continue(body) == guess
+    assert peek_continue(bytearray(body)) == guess
+    if guess:
+        assert ClusterReducer().add_page("volumes", body).continue_token == guess
 
 
 def test_malformed_object_costs_only_itself() -> None:
