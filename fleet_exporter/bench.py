@@ -1304,13 +1304,14 @@ def _exporter_settings() -> dict[str, Any]:
     """The defaults the figures were measured with."""
     from .config import ServerSettings, Settings
     from .kube import CONNECTIONS_PER_CLUSTER, TLS_READ_BUFFER
-    from .probe import CHUNK, GZIP_LEVEL, SLICE
+    from .probe import AHEAD, CHUNK, GZIP_LEVEL, SLICE
 
     settings, server = Settings(), ServerSettings()
     return {
         "page_size": settings.page_size,
         "concurrency": settings.concurrency,
         "connections_per_cluster": CONNECTIONS_PER_CLUSTER,
+        "pages_ahead": AHEAD,
         "tls_read_buffer": TLS_READ_BUFFER,
         "max_concurrent_refreshes": server.max_concurrent_refreshes,
         "gzip_level": GZIP_LEVEL,
