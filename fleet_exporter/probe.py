@@ -444,6 +444,8 @@ class _Feed:
 
     async def get(self) -> tuple[Fetched, str]:
         """The next page and the token the feed guessed for the page after it."""
+        if self._queue.empty() and self._task.done():  # a reader bug, not a hang
+            raise RuntimeError("the page feed ended before the list did")
         item = await self._queue.get()
         if isinstance(item, BaseException):
             raise item

@@ -103,17 +103,24 @@ async def test_hundred_concurrent_probes_make_one_round_of_calls(env):
     assert env.sim.requests("alpha", "volumes") == before["volumes"] + 1
 
 
-async def test_pagination_reads_every_object(tmp_path):
+@pytest.mark.parametrize("metadata_first", [False, True])
+async def test_pagination_reads_every_object(tmp_path, metadata_first):
+    """Pages are requested ahead on a continue token guessed from the body's tail; a
+    server that writes ``metadata`` first allows no guess, and the lists still come
+    whole, one request per page, none twice."""
     from fleet_exporter.simulator.fleet import ClusterSpec
 
     from .conftest import started_env
 
-    specs = [ClusterSpec(name="big", volumes=23, nodes=2, seed=9)]
+    specs = [ClusterSpec(name="big", volumes=23, nodes=2, seed=9, metadata_first=metadata_first)]
     async with started_env(tmp_path, specs, "defaults: {page_size: 5}\n") as e:
         _, smp, _ = await e.probe("big")
         assert len([n for (n, _l) in smp if n == "longhorn_volume_healthy"]) == 23
         assert value(smp, "longhorn_exporter_list_objects", resource="volumes") == 23
         assert e.sim.requests("big", "volumes") == 5  # 23 items, 5 per page
+        snapshots = e.sim.cluster("big").store.count("snapshots")
+        assert value(smp, "longhorn_exporter_list_objects", resource="snapshots") == snapshots
+        assert e.sim.requests("big", "snapshots") == -(-snapshots // 5)
 
 
 async def test_unreachable_cluster_fails_alone(env):

@@ -727,6 +727,7 @@ async def test_serving_rate_delays_each_page_by_its_json_size(sim, session):
     """The modelled API server: round trip + JSON bytes / rate, per request, concurrently."""
     alpha = Api(sim, session, "alpha")
     status, body = await alpha.json("snapshots")
+    assert status == 200
     size = len(json.dumps(body, separators=(",", ":")))
     rate = size / 0.3  # this page takes 0.3 s to "encode"
     sim.set_latency("alpha", 0.05, bytes_per_second=rate)

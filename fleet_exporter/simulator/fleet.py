@@ -136,6 +136,9 @@ class ClusterSpec:
     # Transport: an unreachable cluster's kubeconfig points at a closed port.
     unreachable: bool = False
     tls_server_name: str = ""
+    # Lists written with `metadata` before `items` (kube-apiserver sorts the keys, so
+    # `metadata` comes last; a proxy that re-encodes the JSON may not).
+    metadata_first: bool = False
     # Faults injected from the start: resource plural (or "*") -> fault name or HTTP status.
     faults: dict[str, str | int] = field(default_factory=dict)
 

@@ -188,7 +188,8 @@ class SimulatedFleet:
         self._stopping = asyncio.Event()
         for state in self.clusters.values():
             if not state.spec.unreachable:
-                state.store = ClusterStore(build_cluster(state.spec, self.now))
+                objects = build_cluster(state.spec, self.now)
+                state.store = ClusterStore(objects, metadata_first=state.spec.metadata_first)
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_routes(control.routes(self))
         app.router.add_route("*", "/clusters/{cluster}/{tail:.*}", self._handle)
@@ -333,7 +334,7 @@ class SimulatedFleet:
         objects = await asyncio.to_thread(build_cluster, spec, self.now)
         old = state.store
         newer = max(objects.resource_version, old.resource_version + 1 if old else 0)
-        store = await asyncio.to_thread(ClusterStore, objects, newer)
+        store = await asyncio.to_thread(ClusterStore, objects, newer, spec.metadata_first)
         state.spec, state.previous, state.store = spec, old, store
         if "latency_seconds" in changes:
             state.latency = spec.latency_seconds

@@ -77,8 +77,14 @@ def _page(body: bytes, accept_gzip: bool, items: int, next_start: int | None) ->
 class ClusterStore:
     """The encoded objects of one generation of a cluster, and its page cache."""
 
-    def __init__(self, objects: ClusterObjects, resource_version: int | None = None) -> None:
+    def __init__(
+        self,
+        objects: ClusterObjects,
+        resource_version: int | None = None,
+        metadata_first: bool = False,
+    ) -> None:
         self.resource_version = resource_version or objects.resource_version
+        self.metadata_first = metadata_first
         self.summary = objects.summary
         self.malformed = list(objects.malformed)
         self.items: dict[str, list[bytes]] = {
@@ -131,16 +137,10 @@ class ClusterStore:
                 "remainingItemCount": remaining,
                 "resourceVersion": str(self.resource_version),
             }
-        return b"".join(
-            (
-                b'{"apiVersion":"',
-                API_VERSION.encode(),
-                b'","items":[',
-                b",".join(chunk),
-                b'],"kind":"',
-                KINDS[plural].encode(),
-                b'List","metadata":',
-                _encoder.encode(meta),
-                b"}",
-            )
-        )
+        kind = b'"kind":"' + KINDS[plural].encode() + b'List"'
+        items = b'"items":[' + b",".join(chunk) + b"]"
+        metadata = b'"metadata":' + _encoder.encode(meta)
+        head = b'{"apiVersion":"' + API_VERSION.encode() + b'",'
+        if self.metadata_first:
+            return b"".join((head, kind, b",", metadata, b",", items, b"}"))
+        return b"".join((head, items, b",", kind, b",", metadata, b"}"))
