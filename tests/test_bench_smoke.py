@@ -15,6 +15,7 @@ import zlib
 import pytest
 
 from fleet_exporter import bench, probe
+from fleet_exporter.bench import common, driver
 from fleet_exporter.longhorn import to_number
 from fleet_exporter.metrics import Family, encode
 
@@ -73,8 +74,8 @@ def test_continue_token_found_in_the_tail():
         b'{"apiVersion":"v1","items":[{"metadata":{"continue":"x"}}],'
         b'"metadata":{"continue":"abc","resourceVersion":"1"}}'
     )
-    assert bench._continue_token(page) == "abc"
-    assert bench._continue_token(b'{"items":[],"metadata":{"resourceVersion":"1"}}') == ""
+    assert driver._continue_token(page) == "abc"
+    assert driver._continue_token(b'{"items":[],"metadata":{"resourceVersion":"1"}}') == ""
 
 
 def test_probe_success_reads_multi_member_gzip():
@@ -83,18 +84,18 @@ def test_probe_success_reads_multi_member_gzip():
     gz = head.compress(body) + head.flush()
     tail = zlib.compressobj(1, zlib.DEFLATED, 31)
     gz += tail.compress(b"# EOF\n") + tail.flush()
-    assert bench._probe_success(gz, gzipped=True)
-    assert not bench._probe_success(b'probe_success{cluster="a"} 0.0\n', gzipped=False)
+    assert driver._probe_success(gz, gzipped=True)
+    assert not driver._probe_success(b'probe_success{cluster="a"} 0.0\n', gzipped=False)
 
 
 def test_fit_and_percentile():
-    fit = bench._fit([(0, 1), (1, 3), (2, 5)])
+    fit = common._fit([(0, 1), (1, 3), (2, 5)])
     assert fit["slope"] == pytest.approx(2)
     assert fit["intercept"] == pytest.approx(1)
     assert fit["r2"] == pytest.approx(1)
     values = list(range(1, 101))
-    assert bench._pct(values, 50) == 50
-    assert bench._pct(values, 99) == 99
+    assert common._pct(values, 50) == 50
+    assert common._pct(values, 99) == 99
 
 
 # -- the performance changes keep behaviour: rendered bytes are what the encoder says
