@@ -15,15 +15,15 @@ import time
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from . import pages
 from .config import CLUSTER_NAME, ConfigError
-from .fleet import Fleet
+from .fleet import FLEET, Fleet
 from .history import ProbeRecord, new_id
 from .metrics import encode
 from .probe import head_families, probe_log, probe_timeout, stored_gzip
 
 log = logging.getLogger(__name__)
 
-FLEET = web.AppKey("fleet", Fleet)
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -246,8 +246,6 @@ def create_app(fleet: Fleet) -> web.Application:
         await fleet.close()
 
     app.cleanup_ctx.append(lifecycle)
-    from . import pages  # imports FLEET from here, so not at the top
-
     pages.setup(app)
     app.router.add_get("/probe", handle_probe)
     app.router.add_get("/metrics", make_aiohttp_handler(fleet.metrics.registry))

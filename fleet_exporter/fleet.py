@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from .cache import Lookup, RefreshCache
 from .config import ClusterConfig, ConfigError, FleetConfig, load_fleet
@@ -235,3 +236,7 @@ class Fleet:
     def _count_call(self, cluster: str, call: Call) -> None:
         if cluster in self.clusters:
             self.metrics.upstream_requests.labels(cluster, call.resource, call.code).inc()
+
+
+# Where the HTTP layer keeps the fleet; here, so app and pages both import it from below.
+FLEET = web.AppKey("fleet", Fleet)

@@ -62,9 +62,8 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .app import FLEET
 from .config import CLUSTER_NAME
-from .fleet import ClusterRuntime, Fleet
+from .fleet import FLEET, ClusterRuntime, Fleet
 from .history import ProbeRecord
 from .longhorn import DEFAULT_OVERDUE_AFTER, parse_time
 from .probe import Refresh
