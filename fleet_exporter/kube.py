@@ -2,9 +2,10 @@
 
 We do not use the ``kubernetes`` package's client for the calls: it has no body cap, its
 timeouts default to none, and its async flavour decodes everything into dicts. Here each
-request gets a timeout carved out of the refresh's deadline, a byte cap that holds even
-for gzip bombs (aiohttp hands us decompressed chunks), and an error class that the metrics
-and the debug output can name precisely.
+request gets a timeout carved out of the refresh's deadline, a byte cap on the body as
+sent and again on its inflated size (we inflate gzip ourselves, on a worker thread, so a
+gzip bomb stops at the cap), and an error class that the metrics and the debug output can
+name precisely.
 """
 
 from __future__ import annotations
