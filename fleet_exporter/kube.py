@@ -81,6 +81,8 @@ TLS_READ_BUFFER = 16 * 1024
 # big are inflated in a worker thread, on the other core, while the loop decodes the
 # previous page; smaller ones inline, where a thread hop would cost more than it saves.
 INFLATE_INLINE_BYTES = 32 * 1024
+GZIP = frozenset({"gzip", "x-gzip"})
+IDENTITY = frozenset({"", "identity"})
 
 
 def _shrink_tls_read_buffer() -> None:
@@ -154,7 +156,7 @@ class KubeClient:
             started = time.monotonic()
             try:
                 raw, gzipped = await self._get(url, params, deadline)
-                body = await inflate(raw, self.settings.max_page_bytes) if gzipped else raw
+                body = await _inflated(raw, self.settings.max_page_bytes) if gzipped else raw
             except UpstreamError as e:
                 self.report(resource, page, e.code, time.monotonic() - started, 0, str(e))
                 if e.status == 401 and not reloaded:
@@ -227,11 +229,11 @@ class KubeClient:
                 ctype = resp.content_type
                 if ctype != "application/json":
                     raise UpstreamError("invalid", f"unexpected content type {ctype!r}")
-                encoding = resp.headers.get("Content-Encoding", "").strip().lower()
-                if encoding not in ("", "identity", "gzip", "x-gzip"):
+                encoding = _encoding(resp)
+                if encoding not in IDENTITY and encoding not in GZIP:
                     raise UpstreamError("invalid", f"unsupported Content-Encoding {encoding!r}")
                 body = await _read_capped(resp, s.max_page_bytes)
-                return body, encoding not in ("", "identity")
+                return body, encoding in GZIP
         except UpstreamError:
             raise
         except TimeoutError:
@@ -252,23 +254,28 @@ class KubeClient:
             raise UpstreamError("reset", f"request failed: {e.strerror or e}") from None
 
 
-async def inflate(data: bytes | bytearray, cap: int) -> bytes:
-    """A gzip body inflated, in the inflate thread unless it is small."""
+def _encoding(resp: aiohttp.ClientResponse) -> str:
+    return resp.headers.get("Content-Encoding", "").strip().lower()
+
+
+async def _inflated(data: bytes | bytearray, cap: int) -> bytes:
+    """A gzip body inflated, on the inflate thread unless it is small."""
     if len(data) < INFLATE_INLINE_BYTES:
         return _inflate(data, cap)
-    return await asyncio.get_running_loop().run_in_executor(_inflater(), _inflate, data, cap)
+    return await asyncio.get_running_loop().run_in_executor(inflate_thread(), _inflate, data, cap)
 
 
-_INFLATER: ThreadPoolExecutor | None = None
+_INFLATE_THREAD: ThreadPoolExecutor | None = None
 
 
-def _inflater() -> ThreadPoolExecutor:
-    """One thread for every cluster's inflating: there is one spare core to give, and each
-    extra thread would get its own malloc arena (more resident memory, measured)."""
-    global _INFLATER
-    if _INFLATER is None:
-        _INFLATER = ThreadPoolExecutor(1, thread_name_prefix="inflate")
-    return _INFLATER
+def inflate_thread() -> ThreadPoolExecutor:
+    """The one thread for all inflating (list bodies here, cached metrics for clients
+    that take no gzip in probe): there is one spare core to give, and each extra thread
+    would get its own malloc arena (more resident memory, measured)."""
+    global _INFLATE_THREAD
+    if _INFLATE_THREAD is None:
+        _INFLATE_THREAD = ThreadPoolExecutor(1, thread_name_prefix="inflate")
+    return _INFLATE_THREAD
 
 
 def _inflate(data: bytes | bytearray, cap: int) -> bytes:
@@ -304,7 +311,7 @@ async def _status_message(resp: aiohttp.ClientResponse) -> str:
     """The ``message`` of a Kubernetes Status body, short and redacted, if there is one."""
     try:
         raw = await asyncio.wait_for(resp.content.read(4096), 1.0)
-        if resp.headers.get("Content-Encoding", "").strip().lower() in ("gzip", "x-gzip"):
+        if _encoding(resp) in GZIP:
             raw = zlib.decompressobj(wbits=31).decompress(raw, 4096)
         text = raw.decode("utf-8", "replace")
     except (TimeoutError, aiohttp.ClientError, zlib.error):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 
-from .kube import Call, Fetched, KubeClient, UpstreamError
+from .kube import Call, Fetched, KubeClient, UpstreamError, inflate_thread
 from .longhorn import (
     CORE_RESOURCES,
     RESOURCES,
@@ -315,7 +315,8 @@ class Refresh:
         if sum(map(len, members)) <= INFLATE_INLINE_BYTES:
             return _inflate(members)
         # zlib releases the GIL: the loop keeps running while a big body inflates.
-        return await asyncio.to_thread(_inflate, members)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(inflate_thread(), _inflate, members)
 
 
 async def refresh_cluster(
