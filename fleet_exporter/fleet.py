@@ -28,6 +28,7 @@ from .kube import Call, new_session
 from .longhorn import SnapshotChurn
 from .probe import Refresh, failed_refresh, refresh_cluster
 from .selfmetrics import SelfMetrics
+from .slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class ClusterRuntime:
     # published before their credentials load, so the server answers at once; a refresh
     # waits for this.
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    # How long the last successful refresh took: the refresh slots start the longest first.
+    last_refresh_seconds: float | None = None
 
     @property
     def name(self) -> str:
@@ -85,8 +88,7 @@ class Fleet:
         self.session: aiohttp.ClientSession | None = None
         self.ready = False
         self._reload_lock = asyncio.Lock()
-        self._refresh_limit: asyncio.Semaphore | None = None
-        self._refresh_limit_size = 0
+        self._refresh_slots: Slots | None = None
         self._loading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -156,6 +158,7 @@ class Fleet:
             if prev is not None:
                 # Counters and churn baselines carry over; cached data does not.
                 rt.churn, rt.errors_total, rt.history = prev.churn, prev.errors_total, prev.history
+                rt.last_refresh_seconds = prev.last_refresh_seconds
                 self.cache.forget(name)
                 changed.append(name)
             else:
@@ -167,8 +170,8 @@ class Fleet:
         for filename, reason in config.rejected.items():
             log.error("ignoring %s in %s: %s", filename, config.directory, reason)
         limit = config.server.max_concurrent_refreshes
-        if self._refresh_limit is None or self._refresh_limit_size != limit:
-            self._refresh_limit, self._refresh_limit_size = asyncio.Semaphore(limit), limit
+        if self._refresh_slots is None or self._refresh_slots.size != limit:
+            self._refresh_slots = Slots(limit)
         self.clusters, self.config = new, config
         # Exec plugins run in parallel; the kubernetes package's part is serialised inside
         # credentials (its temp files are process-global).
@@ -212,8 +215,8 @@ class Fleet:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rt.loaded.wait(), rt.config.settings.refresh_timeout)
         assert self.session is not None
-        assert self._refresh_limit is not None
-        async with self._refresh_limit:
+        assert self._refresh_slots is not None
+        async with self._refresh_slots.slot(rt.last_refresh_seconds):
             self.metrics.refreshes_in_flight.inc()
             started_at = time.time()
             try:
@@ -229,6 +232,7 @@ class Fleet:
             self.metrics.refresh_duration.labels(rt.name).observe(result.duration)
             if result.ok:
                 self.metrics.last_refresh_success.labels(rt.name).set(result.finished_at)
+                rt.last_refresh_seconds = result.duration
         if result.error:
             log.warning("cluster %s: %s", rt.name, result.error)
         return result

@@ -17,7 +17,6 @@ dropped once rendered (bench/README.md has the numbers behind each choice).
 from __future__ import annotations
 
 import asyncio
-import collections
 import gc
 import math
 import struct
@@ -41,6 +40,7 @@ from .longhorn import (
     peek_continue,
 )
 from .metrics import Family, building_families, encode_parts
+from .slots import Slots
 
 if TYPE_CHECKING:
     from .fleet import ClusterRuntime
@@ -156,58 +156,27 @@ def rendering(families: Iterable[Family], cluster: str) -> Generator[None, None,
     return Rendered(tuple(text), tuple(openmetrics))
 
 
-class CpuTurn:
-    """One CPU-heavy refresh step (a page's decode and reduce, a slice of join or render)
-    per event-loop iteration, in arrival order, across all refreshes. Slicing alone did
-    not bound an iteration: eight refreshes each ran their slice in the same one."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._taken = False  # a step runs, or ran in this iteration
-        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def __aenter__(self) -> None:
-        if not self._taken and not self._waiting:
-            self._taken = True
-            return
-        granted = self._loop.create_future()
-        self._waiting.append(granted)
-        try:
-            await granted
-        except asyncio.CancelledError:
-            if granted.done() and not granted.cancelled():
-                self._loop.call_soon(self._pass)  # granted, but not taken up: pass it on
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._loop.call_soon(self._pass)  # the next step goes in a later iteration
-
-    def _pass(self) -> None:
-        while self._waiting:
-            granted = self._waiting.popleft()
-            if not granted.done():
-                granted.set_result(None)
-                return
-        self._taken = False
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Slots] = weakref.WeakKeyDictionary()
 
 
-_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CpuTurn] = weakref.WeakKeyDictionary()
-
-
-def cpu_turn() -> CpuTurn:
-    """The running event loop's CpuTurn."""
+def cpu_turns() -> Slots:
+    """The running event loop's CPU turns: one CPU-heavy refresh step (a page's decode and
+    reduce, a slice of join or render) per loop iteration across all refreshes, the
+    longest refresh's first (see ``slots``). Slicing alone did not bound an iteration:
+    eight refreshes each ran their slice in the same one."""
     loop = asyncio.get_running_loop()
-    turn = _TURNS.get(loop)
-    if turn is None:
-        turn = _TURNS[loop] = CpuTurn(loop)
-    return turn
+    turns = _TURNS.get(loop)
+    if turns is None:
+        turns = _TURNS[loop] = Slots(1, defer=True)
+    return turns
 
 
-async def run_sliced(steps: Generator[None, None, R]) -> R:
-    """Run a stepwise computation on the event loop, ``SLICE`` seconds per CPU turn."""
-    turn = cpu_turn()
+async def run_sliced(steps: Generator[None, None, R], expected: float | None = None) -> R:
+    """Run a stepwise computation on the event loop, ``SLICE`` seconds per CPU turn;
+    ``expected`` is how long the refresh it belongs to is likely to take."""
+    turns = cpu_turns()
     while True:
-        async with turn:
+        async with turns.slot(expected):
             until = time.perf_counter() + SLICE
             while time.perf_counter() < until:
                 try:
@@ -343,6 +312,7 @@ async def refresh_cluster(
         return failed(rt.load_error or "kubeconfig not loaded")
 
     client = KubeClient(session, rt.credentials, settings, record)
+    expected = rt.last_refresh_seconds
     reducer = ClusterReducer()
     limit = asyncio.Semaphore(settings.concurrency)
 
@@ -365,7 +335,8 @@ async def refresh_cluster(
                     result.pages = n
                     size = len(fetched.body)
                     try:
-                        page = await run_sliced(reducer.adding_page(resource, fetched.body))
+                        steps = reducer.adding_page(resource, fetched.body)
+                        page = await run_sliced(steps, expected)
                     except ValueError as e:
                         error = f"page {n}: {e}"
                         client.report(resource, n, "invalid", fetched.seconds, size, error)
@@ -395,10 +366,10 @@ async def refresh_cluster(
         return failed(resources[core_failed[0]].error or "core resources failed")
     complete = frozenset(r for r, res in resources.items() if res.ok)
     head = collection_families(True, resources, rt.errors_total)
-    state = await run_sliced(reducer.finishing(complete))
+    state = await run_sliced(reducer.finishing(complete), expected)
     rt.churn.update(state)
-    families = await run_sliced(building_families(state, rt.churn))
-    rendered = await run_sliced(rendering([*head, *families], rt.name))
+    families = await run_sliced(building_families(state, rt.churn), expected)
+    rendered = await run_sliced(rendering([*head, *families], rt.name), expected)
     del families  # rendered: what the probes serve
     failures = [res.error for res in resources.values() if res.error]
     error = f"partial data: {'; '.join(failures)}" if failures else None
