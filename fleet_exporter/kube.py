@@ -3,8 +3,8 @@
 We do not use the ``kubernetes`` package's client for the calls: it has no body cap, its
 timeouts default to none, and its async flavour decodes everything into dicts. Here each
 request gets a timeout carved out of the refresh's deadline, a byte cap on the body as
-sent and again on its inflated size (we inflate gzip ourselves, on a worker thread, so a
-gzip bomb stops at the cap), and an error class that the metrics and the debug output can
+sent and again on its inflated size (we inflate gzip ourselves, so a gzip bomb stops at
+the cap), and an error class that the metrics and the debug output can
 name precisely.
 """
 
@@ -16,7 +16,6 @@ import json
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -76,11 +75,13 @@ CONNECTIONS_PER_CLUSTER = 4
 # out at most one 16 KiB record per read anyway, and list bodies come gzipped, so smaller
 # socket reads cost a few hundred more recv calls per 100 MB list, nothing measurable.
 TLS_READ_BUFFER = 16 * 1024
-# kube-apiserver gzips list bodies over 128 KiB (level 1, ~10x here). Inflating them is a
-# quarter of a big refresh's CPU and zlib lets go of the GIL meanwhile, so bodies this
-# big are inflated in a worker thread, on the other core, while the loop decodes the
-# previous page; smaller ones inline, where a thread hop would cost more than it saves.
-INFLATE_INLINE_BYTES = 32 * 1024
+# kube-apiserver gzips list bodies over 128 KiB (level 1, ~10x here). We inflate each body
+# on the event loop once it has arrived (~2 ms for a 1 MB page). A worker thread (zlib
+# lets go of the GIL) used the other core, but each body then waited for the GIL twice
+# and behind every other cluster's bodies: in the benchmark's sweep over a 25 ms network,
+# pages took 38 ms on average to come back from the thread, on the biggest cluster's
+# chain of 80 pages (bench/README.md). Inflating chunk by chunk as the body arrives cost
+# more CPU than either.
 GZIP = frozenset({"gzip", "x-gzip"})
 IDENTITY = frozenset({"", "identity"})
 
@@ -115,7 +116,7 @@ def new_session(limit: int = 256) -> aiohttp.ClientSession:
             "Accept": "application/json",
             "Accept-Encoding": "gzip",
         },
-        # We inflate list bodies ourselves, off the event loop (``_inflate``).
+        # We inflate list bodies ourselves, with a cap on the inflated size (``_inflate``).
         auto_decompress=False,
     )
 
@@ -156,7 +157,7 @@ class KubeClient:
             started = time.monotonic()
             try:
                 raw, gzipped = await self._get(url, params, deadline)
-                body = await _inflated(raw, self.settings.max_page_bytes) if gzipped else raw
+                body = _inflate(raw, self.settings.max_page_bytes) if gzipped else raw
             except UpstreamError as e:
                 self.report(resource, page, e.code, time.monotonic() - started, 0, str(e))
                 if e.status == 401 and not reloaded:
@@ -256,26 +257,6 @@ class KubeClient:
 
 def _encoding(resp: aiohttp.ClientResponse) -> str:
     return resp.headers.get("Content-Encoding", "").strip().lower()
-
-
-async def _inflated(data: bytes | bytearray, cap: int) -> bytes:
-    """A gzip body inflated, on the inflate thread unless it is small."""
-    if len(data) < INFLATE_INLINE_BYTES:
-        return _inflate(data, cap)
-    return await asyncio.get_running_loop().run_in_executor(inflate_thread(), _inflate, data, cap)
-
-
-_INFLATE_THREAD: ThreadPoolExecutor | None = None
-
-
-def inflate_thread() -> ThreadPoolExecutor:
-    """The one thread for all inflating (list bodies here, cached metrics for clients
-    that take no gzip in probe): there is one spare core to give, and each extra thread
-    would get its own malloc arena (more resident memory, measured)."""
-    global _INFLATE_THREAD
-    if _INFLATE_THREAD is None:
-        _INFLATE_THREAD = ThreadPoolExecutor(1, thread_name_prefix="inflate")
-    return _INFLATE_THREAD
 
 
 def _inflate(data: bytes | bytearray, cap: int) -> bytes:
