@@ -46,7 +46,8 @@ class ClusterRuntime:
     # published before their credentials load, so the server answers at once; a refresh
     # waits for this.
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
-    # How long the last successful refresh took: the refresh slots start the longest first.
+    # How long the last successful refresh took (None: none yet): the refresh slots and CPU
+    # turns go to the longest first.
     last_refresh_seconds: float | None = None
 
     @property
@@ -216,7 +217,7 @@ class Fleet:
                 await asyncio.wait_for(rt.loaded.wait(), rt.config.settings.refresh_timeout)
         assert self.session is not None
         assert self._refresh_slots is not None
-        async with self._refresh_slots.slot(rt.last_refresh_seconds):
+        async with self._refresh_slots.slot(rt.last_refresh_seconds or 0.0):
             self.metrics.refreshes_in_flight.inc()
             started_at = time.time()
             try:

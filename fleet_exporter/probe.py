@@ -172,7 +172,7 @@ def cpu_turns() -> Slots:
     return turns
 
 
-async def run_sliced(steps: Generator[None, None, R], expected: float | None = None) -> R:
+async def run_sliced(steps: Generator[None, None, R], expected: float = 0.0) -> R:
     """Run a stepwise computation on the event loop, ``SLICE`` seconds per CPU turn;
     ``expected`` is how long the refresh it belongs to is likely to take."""
     turns = cpu_turns()
@@ -327,7 +327,7 @@ async def refresh_cluster(
         return failed(rt.load_error or "kubeconfig not loaded")
 
     client = KubeClient(session, rt.credentials, settings, record)
-    expected = rt.last_refresh_seconds
+    expected = rt.last_refresh_seconds or 0.0
     reducer = ClusterReducer()
     limit = asyncio.Semaphore(settings.concurrency)
 

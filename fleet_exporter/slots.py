@@ -19,13 +19,14 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import math
 from collections.abc import AsyncIterator
 
 
 class Slots:
     """At most ``size`` holders at once. A freed slot goes to the waiter with the longest
-    ``expected`` duration (None, unknown, counts as longest); equal ones in arrival order.
+    ``expected`` duration; equal ones in arrival order. A cluster never refreshed counts
+    as 0: ranking it first would put the one known big cluster behind every new one (a
+    sweep of 51 clusters of which 49 were new took 5.6 s instead of 3.6).
     With ``defer``, a freed slot is handed on in the next event-loop iteration, not at
     once, so the loop serves its I/O in between.
 
@@ -40,13 +41,12 @@ class Slots:
         self._arrivals = itertools.count()
 
     @contextlib.asynccontextmanager
-    async def slot(self, expected: float | None = None) -> AsyncIterator[None]:
+    async def slot(self, expected: float = 0.0) -> AsyncIterator[None]:
         if self._held < self.size and not self._waiting:
             self._held += 1
         else:
             granted = asyncio.get_running_loop().create_future()
-            rank = -math.inf if expected is None else -expected
-            heapq.heappush(self._waiting, (rank, next(self._arrivals), granted))
+            heapq.heappush(self._waiting, (-expected, next(self._arrivals), granted))
             try:
                 await granted
             except asyncio.CancelledError:

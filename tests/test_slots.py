@@ -7,7 +7,7 @@ import pytest
 from fleet_exporter.slots import Slots
 
 
-async def _order(size: int, arrivals: list[float | None], defer: bool = False) -> list[int]:
+async def _order(size: int, arrivals: list[float], defer: bool = False) -> list[int]:
     """Hold all ``size`` slots, queue one waiter per arrival (in order), free the slots,
     and return the indices of the arrivals in the order they got a slot."""
     slots = Slots(size, defer=defer)
@@ -18,7 +18,7 @@ async def _order(size: int, arrivals: list[float | None], defer: bool = False) -
         async with slots.slot(0.0):
             await gate.wait()
 
-    async def waiter(i: int, expected: float | None) -> None:
+    async def waiter(i: int, expected: float) -> None:
         async with slots.slot(expected):
             started.append(i)
             await asyncio.sleep(0)
@@ -35,12 +35,11 @@ async def _order(size: int, arrivals: list[float | None], defer: bool = False) -
 
 
 @pytest.mark.parametrize(
-    "arrivals, order",
+    ("arrivals", "order"),
     [
         ([1.0, 5.0, 3.0], [1, 2, 0]),  # longest first
         ([2.0, 2.0, 2.0], [0, 1, 2]),  # ties: arrival order
-        ([1.0, None, 9.0], [1, 2, 0]),  # unknown counts as longest
-        ([None, None, 0.5], [0, 1, 2]),  # unknown among themselves: arrival order
+        ([0.0, 0.0, 0.5, 0.0], [2, 0, 1, 3]),  # never refreshed (0) last, in arrival order
         ([0.0, 0.1], [1, 0]),
     ],
 )
@@ -63,10 +62,8 @@ async def test_never_more_than_size_hold_a_slot():
 
     await asyncio.gather(*(job(i % 7) for i in range(40)))
     assert peak == 3 and held == 0
-    async with slots.slot(1.0):  # every slot came back
-        async with slots.slot(1.0):
-            async with slots.slot(1.0):
-                pass
+    async with slots.slot(1.0), slots.slot(1.0), slots.slot(1.0):  # every slot came back
+        pass
 
 
 async def test_a_cancelled_waiter_passes_its_turn_on():
