@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from array import array
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -42,6 +42,26 @@ RESOURCES: tuple[str, ...] = (
     "settings",
 )
 CORE_RESOURCES: tuple[str, ...] = ("volumes", "nodes")
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A group of lists whose metrics can be built once all of them have ended, while
+    the other lists are still arriving. A refresh's tail (after its last page) is then
+    only the last group's join and metrics, not everything's."""
+
+    name: str
+    lists: frozenset[str]
+
+
+JOINS: tuple[Join, ...] = (
+    Join("volumes", frozenset({"volumes", "replicas", "engines"})),
+    Join("snapshots", frozenset({"volumes", "snapshots"})),
+    Join("backups", frozenset({"volumes", "backups", "backupvolumes", "backuptargets"})),
+    Join("recurringjobs", frozenset({"recurringjobs"})),
+    Join("nodes", frozenset({"nodes"})),
+    Join("settings", frozenset({"settings"})),
+)
 
 VOLUME_STATES: tuple[str, ...] = (
     "creating",
@@ -737,6 +757,8 @@ class ClusterReducer:
         self._nodes: dict[str, NodeState] = {}
         self._jobs: dict[str, RecurringJobState] = {}
         self._settings: dict[str, str] = {}
+        self._volumes_sorted: dict[str, VolumeState] | None = None
+        self._backups_joined: dict[tuple[str, str], BackupStats] | None = None
         self._reduce: dict[str, Callable[[Any], None]] = {
             "volumes": self._volume,
             "replicas": self._replica,
@@ -941,19 +963,42 @@ class ClusterReducer:
     def finishing(self, complete: frozenset[str]) -> Generator[None, None, ClusterState]:
         """``finish`` in steps: yields every ``STEP`` volumes, so a caller on an event
         loop can let other work run in between (``drain`` runs it through at once)."""
-        volumes = dict(sorted(self._volumes.items())) if "volumes" in complete else {}
+        for join in JOINS:
+            yield from self.joining(join, complete & join.lists)
+        return self.state(complete)
+
+    def joining(self, join: Join, complete: frozenset[str]) -> Generator[None, None, ClusterState]:
+        """Join one group of lists (``complete``: those of ``join.lists`` that listed
+        completely) into the volumes, once all of them have ended, and return the state
+        that group's metrics need. Each join writes its own fields of the shared
+        ``VolumeState``s, so the groups can be joined in any order, while other lists are
+        still arriving; ``state`` then puts them together. In steps, like ``finishing``."""
+        volumes = self._sorted_volumes() if "volumes" in complete else {}
+        backups: dict[tuple[str, str], BackupStats] = {}
+        if join.name == "volumes":
+            yield from self._join_replicas_engines(volumes, complete)
+        elif join.name == "snapshots" and "snapshots" in complete:
+            yield from self._join_snapshots(volumes)
+        elif join.name == "backups" and "backups" in complete:
+            backups = self._joined_backups(volumes)
+        return self._state(complete, volumes, backups)
+
+    def state(self, complete: frozenset[str]) -> ClusterState:
+        """Every joined group together (call ``joining`` for each of ``JOINS`` first)."""
+        volumes = self._sorted_volumes() if "volumes" in complete else {}
+        backups = self._backups_joined if "backups" in complete else {}
+        return self._state(complete, volumes, backups or {})
+
+    def _sorted_volumes(self) -> dict[str, VolumeState]:
+        if self._volumes_sorted is None:
+            self._volumes_sorted = dict(sorted(self._volumes.items()))
+        return self._volumes_sorted
+
+    def _join_replicas_engines(
+        self, volumes: dict[str, VolumeState], complete: frozenset[str]
+    ) -> Iterator[None]:
         with_replicas = "replicas" in complete
         with_engines = "engines" in complete
-        with_backups = "backups" in complete
-        backups: dict[tuple[str, str], BackupStats] = {}
-        if with_backups:
-            backups = {k: v for k, v in sorted(self._backups.items()) if k[0] in volumes}
-            for (volume, _), stats in backups.items():
-                vs = volumes[volume]
-                if stats.last_success is not None and (
-                    vs.backup_last_success is None or stats.last_success > vs.backup_last_success
-                ):
-                    vs.backup_last_success = stats.last_success
         for i, vs in enumerate(volumes.values()):
             if i % STEP == STEP - 1:
                 yield
@@ -965,11 +1010,36 @@ class ClusterReducer:
                     vs.rebuild_progress = min(engine.rebuilding.values())
             if replicas is not None:
                 _count_replicas(vs, replicas, engine, with_engines)
-            if "snapshots" in complete:
-                snaps = vs.snapshots = self._snapshots.get(vs.name) or SnapshotStats()
-                if isinstance(snaps.ids, set):
-                    snaps.ids = array("q", sorted(snaps.ids)).tobytes()
             vs.healthy = _volume_healthy(vs)
+
+    def _join_snapshots(self, volumes: dict[str, VolumeState]) -> Iterator[None]:
+        for i, vs in enumerate(volumes.values()):
+            if i % STEP == STEP - 1:
+                yield
+            snaps = vs.snapshots = self._snapshots.get(vs.name) or SnapshotStats()
+            if isinstance(snaps.ids, set):
+                snaps.ids = array("q", sorted(snaps.ids)).tobytes()
+
+    def _joined_backups(
+        self, volumes: dict[str, VolumeState]
+    ) -> dict[tuple[str, str], BackupStats]:
+        if self._backups_joined is None:
+            backups = {k: v for k, v in sorted(self._backups.items()) if k[0] in volumes}
+            for (volume, _), stats in backups.items():
+                vs = volumes[volume]
+                if stats.last_success is not None and (
+                    vs.backup_last_success is None or stats.last_success > vs.backup_last_success
+                ):
+                    vs.backup_last_success = stats.last_success
+            self._backups_joined = backups
+        return self._backups_joined
+
+    def _state(
+        self,
+        complete: frozenset[str],
+        volumes: dict[str, VolumeState],
+        backups: dict[tuple[str, str], BackupStats],
+    ) -> ClusterState:
         return ClusterState(
             now=self.now,
             complete=frozenset(complete),

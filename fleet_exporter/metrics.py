@@ -19,10 +19,12 @@ from prometheus_client.utils import floatToGoString
 
 from .longhorn import (
     BACKUP_STATES,
+    JOINS,
     ROBUSTNESS,
     STEP,
     VOLUME_STATES,
     ClusterState,
+    Join,
     SnapshotChurn,
     VolumeState,
     drain,
@@ -196,20 +198,35 @@ def building_families(
 ) -> Generator[None, None, list[Family]]:
     """``longhorn_families`` in steps (a yield every ``STEP`` volumes or backups), for a
     caller on an event loop that lets other work run in between."""
+    families: list[Family] = []
+    for join in JOINS:
+        families += yield from building_group(join, state, churn)
+    return families
+
+
+def building_group(
+    join: Join, state: ClusterState, churn: SnapshotChurn
+) -> Generator[None, None, list[Family]]:
+    """The families of one group of lists (``longhorn.JOINS``), from the state that
+    group's join returned (or the whole state), in steps like ``building_families``."""
     out = _Families()
-    yield from _volume_families(out, state)
-    yield from _replica_families(out, state)
-    yield from _snapshot_families(out, state, churn)
-    yield from _backup_families(out, state)
-    _recurring_job_families(out, state)
-    _node_families(out, state)
-    version = state.longhorn_version
-    if version:
+    if join.name == "volumes":
+        yield from _volume_families(out, state)
+        yield from _replica_families(out, state)
+    elif join.name == "snapshots":
+        yield from _snapshot_families(out, state, churn)
+    elif join.name == "backups":
+        yield from _backup_families(out, state)
+    elif join.name == "recurringjobs":
+        _recurring_job_families(out, state)
+    elif join.name == "nodes":
+        _node_families(out, state)
+    elif join.name == "settings" and state.longhorn_version:
         out.new(
             "longhorn_version_info",
             "Longhorn version of the cluster (setting current-longhorn-version); always 1.",
             ("version",),
-        ).samples.append(((version,), 1.0))
+        ).samples.append(((state.longhorn_version,), 1.0))
     return out.done()
 
 
@@ -302,13 +319,6 @@ def _volume_families(out: _Families, state: ClusterState) -> Iterator[None]:
             VOLUME_LABELS,
         )
         ro.samples.extend((labels, float(bool(v.read_only))) for labels, v in _vols(state))
-    if state.has("backups"):
-        out.new(
-            "longhorn_volume_last_backup_timestamp_seconds",
-            "backupCreatedAt of the volume's newest Completed backup on any target; 0 when "
-            "there is none.",
-            VOLUME_LABELS,
-        ).samples.extend((labels, v.backup_last_success or 0.0) for labels, v in _vols(state))
 
 
 def _replica_families(out: _Families, state: ClusterState) -> Iterator[None]:
@@ -413,6 +423,12 @@ def _snapshot_families(out: _Families, state: ClusterState, churn: SnapshotChurn
 
 def _backup_families(out: _Families, state: ClusterState) -> Iterator[None]:
     if state.has("backups"):
+        out.new(
+            "longhorn_volume_last_backup_timestamp_seconds",
+            "backupCreatedAt of the volume's newest Completed backup on any target; 0 when "
+            "there is none.",
+            VOLUME_LABELS,
+        ).samples.extend((labels, v.backup_last_success or 0.0) for labels, v in _vols(state))
         success = out.new(
             "longhorn_backup_last_success_timestamp_seconds",
             "backupCreatedAt (upload finished) of the newest Completed backup; 0 when none.",

@@ -1,8 +1,10 @@
 """One refresh of one cluster, and the answer to one probe.
 
 A *refresh* lists every Longhorn resource of a cluster concurrently, page by page, reduces
-each page into small records as it arrives and drops it, then joins them, builds the
-metric families and renders them once, straight to gzip, in short steps on the event loop.
+each page into small records as it arrives and drops it. As soon as a group of lists
+(``longhorn.JOINS``: volumes with replicas and engines, snapshots, backups, ...) has ended,
+it joins them, builds that group's metric families and renders them once, straight to
+gzip, in short steps on the event loop, while the other lists are still arriving.
 Every probe served from that refresh reuses those bytes, so an HA pair of Prometheus
 servers plus dashboards does not multiply the work. A *probe* adds a small per-request
 head (``probe_success``, durations, data age) in front of them.
@@ -27,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
@@ -34,13 +37,15 @@ import aiohttp
 from .kube import Call, Fetched, KubeClient, UpstreamError
 from .longhorn import (
     CORE_RESOURCES,
+    JOINS,
     RESOURCES,
     ClusterReducer,
     ClusterState,
+    Join,
     drain,
     peek_continue,
 )
-from .metrics import Family, building_families, encode_parts
+from .metrics import Family, building_group, encode_parts
 from .slots import Slots
 
 if TYPE_CHECKING:
@@ -375,17 +380,32 @@ async def refresh_cluster(
                     feed.close()
                 result.seconds = time.monotonic() - t0
 
-    await asyncio.gather(*(list_all(r) for r in RESOURCES))
+    async def render_join(join: Join) -> Rendered:
+        """Join, build and render one group of lists as soon as they have all ended."""
+        await asyncio.wait([lists[r] for r in join.lists])
+        complete = frozenset(r for r in join.lists if resources[r].ok)
+        state = await run_sliced(reducer.joining(join, complete), expected)
+        rt.churn.update(state)  # only the snapshots group's state changes it
+        families = await run_sliced(building_group(join, state, rt.churn), expected)
+        return await run_sliced(rendering(families, rt.name), expected)
+
+    lists = {r: asyncio.ensure_future(list_all(r)) for r in RESOURCES}
+    try:
+        parts = await asyncio.gather(*(render_join(join) for join in JOINS))
+        await asyncio.gather(*lists.values())  # a bug in a list raises here
+    finally:
+        for task in lists.values():
+            task.cancel()
     core_failed = [r for r in CORE_RESOURCES if not resources[r].ok]
     if core_failed:
         return failed(resources[core_failed[0]].error or "core resources failed")
     complete = frozenset(r for r, res in resources.items() if res.ok)
-    head = collection_families(True, resources, rt.errors_total)
-    state = await run_sliced(reducer.finishing(complete), expected)
-    rt.churn.update(state)
-    families = await run_sliced(building_families(state, rt.churn), expected)
-    rendered = await run_sliced(rendering([*head, *families], rt.name), expected)
-    del families  # rendered: what the probes serve
+    head = render(collection_families(True, resources, rt.errors_total), rt.name)
+    rendered = Rendered(
+        tuple(chain(head.text, *(p.text for p in parts))),
+        tuple(chain(head.openmetrics, *(p.openmetrics for p in parts))),
+    )
+    state = reducer.state(complete)
     failures = [res.error for res in resources.values() if res.error]
     error = f"partial data: {'; '.join(failures)}" if failures else None
     return _finish(rt, True, error, calls, resources, state, started_at, rendered)

@@ -545,3 +545,54 @@ def test_churn_counters_need_an_update() -> None:
     first = encode(longhorn_families(state, churn), "c")
     assert first == encode(longhorn_families(state, churn), "c")
     assert b"longhorn_volume_snapshots_created_total{" in first
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [set(), {"snapshots"}, {"replicas", "engines"}, {"backups", "backupvolumes"}, {"settings"}],
+)
+def test_groups_joined_in_any_order_give_the_same_metrics(missing: set[str]) -> None:
+    """A refresh joins and builds each group of lists (``JOINS``) as soon as its lists
+    end, in whatever order that is. Joined last group first, the families, the summary
+    and the triage view are those of one join of everything."""
+    from fleet_exporter.longhorn import JOINS, RESOURCES, ClusterReducer, drain
+    from fleet_exporter.metrics import building_group
+    from fleet_exporter.simulator.objects import build_cluster
+    from tests.test_longhorn import NOW, page
+
+    spec = ClusterSpec(
+        name="joins",
+        volumes=40,
+        nodes=4,
+        degraded_volumes=4,
+        faulted_volumes=2,
+        detached_volumes=4,
+        unscheduled_volumes=2,
+        failing_backups=3,
+        seed=11,
+    )
+    objects = build_cluster(spec, now=NOW)
+    complete = frozenset(RESOURCES) - missing
+
+    def reducer() -> ClusterReducer:
+        r = ClusterReducer(now=NOW)
+        for resource in RESOURCES:
+            r.add_page(resource, page(objects.items[resource]))
+        return r
+
+    whole_churn, staged_churn = SnapshotChurn(), SnapshotChurn()
+    whole = reducer().finish(complete)
+    whole_churn.update(whole)
+    expected = longhorn_families(whole, whole_churn)
+
+    staged = reducer()
+    built: dict[str, list[Family]] = {}
+    for join in reversed(JOINS):
+        state = drain(staged.joining(join, complete & join.lists))
+        staged_churn.update(state)
+        built[join.name] = drain(building_group(join, state, staged_churn))
+    assert [f for join in JOINS for f in built[join.name]] == expected
+    final = staged.state(complete)
+    assert final.summary() == whole.summary()
+    assert final.triage() == whole.triage()
+    assert staged_churn.created == whole_churn.created
