@@ -26,11 +26,16 @@ from .credentials import Credentials, CredentialsError, check_permissions, load_
 from .history import History
 from .kube import Call, new_session
 from .longhorn import SnapshotChurn
-from .probe import Refresh, failed_refresh, refresh_cluster
+from .probe import Refresh, failed_refresh, refresh_cluster, release_free_memory
 from .selfmetrics import SelfMetrics
 from .slots import Slots
 
 log = logging.getLogger(__name__)
+
+# When no refresh is running and the refreshes since the last time listed this much, the
+# C heap's free pages go back to the system (probe.release_free_memory, ~2 ms): after a
+# sweep of the 51-cluster fleet (290 MB), or every ~100 refreshes of small clusters.
+TRIM_AFTER_BYTES = 64 << 20
 
 
 @dataclass(eq=False)
@@ -90,6 +95,8 @@ class Fleet:
         self.ready = False
         self._reload_lock = asyncio.Lock()
         self._refresh_slots: Slots | None = None
+        self._refreshing = 0
+        self._listed_bytes = 0  # list bodies since the last release_free_memory()
         self._loading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -219,6 +226,7 @@ class Fleet:
         assert self._refresh_slots is not None
         async with self._refresh_slots.slot(rt.last_refresh_seconds or 0.0):
             self.metrics.refreshes_in_flight.inc()
+            self._refreshing += 1
             started_at = time.time()
             try:
                 result = await refresh_cluster(rt, self.session, self._count_call)
@@ -229,6 +237,10 @@ class Fleet:
                 result = failed_refresh(rt, f"internal error: {type(e).__name__}", started_at)
             finally:
                 self.metrics.refreshes_in_flight.dec()
+                self._refreshing -= 1
+        if not self._refreshing and self._listed_bytes >= TRIM_AFTER_BYTES:
+            self._listed_bytes = 0
+            release_free_memory()
         if self.clusters.get(rt.name) is rt:  # not removed or replaced meanwhile
             self.metrics.refresh_duration.labels(rt.name).observe(result.duration)
             if result.ok:
@@ -239,6 +251,7 @@ class Fleet:
         return result
 
     def _count_call(self, cluster: str, call: Call) -> None:
+        self._listed_bytes += call.bytes
         if cluster in self.clusters:
             self.metrics.upstream_requests.labels(cluster, call.resource, call.code).inc()
 

@@ -417,3 +417,28 @@ async def test_refresh_slots_go_to_the_longest_refresh_first(tmp_path):
             await wait_for(lambda name=name: e.fleet.cache.refreshing(name))
         await asyncio.gather(*tasks)
         assert finished == ["w", "z", "y", "x"]
+
+
+async def test_free_heap_pages_are_released_when_refreshes_go_idle(env, monkeypatch):
+    """After enough list bytes, the C heap is trimmed once no refresh runs (glibc's
+    malloc_trim here), not while one is still running."""
+    import platform
+
+    import fleet_exporter.fleet as fleet_module
+    from fleet_exporter import probe
+
+    if platform.libc_ver()[0] == "glibc":
+        assert probe._MALLOC_TRIM is not None  # found, so the release does something
+    probe.release_free_memory()
+    running: list[bool] = []
+    monkeypatch.setattr(fleet_module, "TRIM_AFTER_BYTES", 1)
+    monkeypatch.setattr(
+        fleet_module, "release_free_memory", lambda: running.append(env.fleet._refreshing > 0)
+    )
+    env.sim.set_latency("beta", 0.2)  # still refreshing when alpha's refresh ends
+    await asyncio.gather(env.probe("alpha"), env.probe("beta"))
+    assert running == [False]  # once, after beta, when nothing ran any more
+    monkeypatch.setattr(fleet_module, "TRIM_AFTER_BYTES", 1 << 40)
+    env.fleet.cache.forget("alpha")
+    await env.probe("alpha")
+    assert running == [False]  # too few bytes since: no release
