@@ -87,6 +87,7 @@ async def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, An
 def _exporter_settings() -> dict[str, Any]:
     """The defaults the figures were measured with."""
     from ..config import ServerSettings, Settings
+    from ..fleet import TRIM_AFTER_BYTES
     from ..kube import CONNECTIONS_PER_CLUSTER, TLS_READ_BUFFER
     from ..probe import AHEAD, CHUNK, GZIP_LEVEL, SLICE
 
@@ -98,6 +99,8 @@ def _exporter_settings() -> dict[str, Any]:
         "pages_ahead": AHEAD,
         "tls_read_buffer": TLS_READ_BUFFER,
         "max_concurrent_refreshes": server.max_concurrent_refreshes,
+        "refresh_order": "longest last refresh first (slots.Slots)",
+        "malloc_trim_after_bytes": TRIM_AFTER_BYTES,
         "gzip_level": GZIP_LEVEL,
         "slice_s": SLICE,
         "render_chunk": CHUNK,
