@@ -51,15 +51,18 @@ class Slots:
                 await granted
             except asyncio.CancelledError:
                 if granted.done() and not granted.cancelled():
-                    self._release()  # handed a slot, but cancelled before taking it
+                    self._hand_on()  # handed a slot, but cancelled before taking it
                 raise
         try:
             yield
         finally:
-            if self._defer:
-                asyncio.get_running_loop().call_soon(self._release)
-            else:
-                self._release()
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        if self._defer:
+            asyncio.get_running_loop().call_soon(self._release)
+        else:
+            self._release()
 
     def _release(self) -> None:
         while self._waiting:
