@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from isal import isal_zlib
 
 from .children import _fleet_specs
 from .common import CHILD_START_TIMEOUT, SCRAPE_HEADERS, BenchError, Options
@@ -160,8 +161,12 @@ class _Driver:
         self.exporter = await _Child.start("exporter", self.work, "--dir", str(self.dir))
         self.scrapers = [self._client() for _ in range(2)]
         self.control = self._client()
-        # The floor uses the exporter's own session settings (connector, keep-alive).
+        # The floor uses the exporter's own session settings (connector, keep-alive), and
+        # inflates with the exporter's gzip library (ISA-L), so the ratio compares the
+        # work done, not two gzip implementations. (aiohttp's backend is process-wide;
+        # the scrapers here do not inflate.)
         self.floor_session = new_session()
+        aiohttp.set_zlib_backend(isal_zlib)
         await self._load_upstreams()
         await self._wait_ready()
         return self
@@ -265,7 +270,7 @@ class _Driver:
                         headers=up.headers,
                         ssl=up.ssl,
                         server_hostname=up.server_hostname,
-                        # aiohttp's default: inflated inline, as the body arrives.
+                        # Inflated inline as the body arrives (ISA-L, as set above).
                         auto_decompress=True,
                     ) as resp:
                         body = await resp.read()
