@@ -4,8 +4,7 @@ We do not use the ``kubernetes`` package's client for the calls: it has no body 
 timeouts default to none, and its async flavour decodes everything into dicts. Here each
 request gets a timeout carved out of the refresh's deadline, a byte cap on the body as
 sent and again on its inflated size (we inflate gzip ourselves, so a gzip bomb stops at
-the cap), and an error class that the metrics and the debug output can
-name precisely.
+the cap), and an error class that the metrics and the debug output can name precisely.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import asyncio
 import asyncio.sslproto
 import json
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -296,9 +294,9 @@ async def _status_message(resp: aiohttp.ClientResponse) -> str:
     try:
         raw = await asyncio.wait_for(resp.content.read(4096), 1.0)
         if _encoding(resp) in GZIP:
-            raw = zlib.decompressobj(wbits=31).decompress(raw, 4096)
+            raw = isal_zlib.decompressobj(wbits=31).decompress(raw, 4096)
         text = raw.decode("utf-8", "replace")
-    except (TimeoutError, aiohttp.ClientError, zlib.error):
+    except (TimeoutError, aiohttp.ClientError, isal_zlib.error):
         return ""
     try:
         message = json.loads(text).get("message", "")

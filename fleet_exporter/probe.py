@@ -413,7 +413,7 @@ async def refresh_cluster(
         families = await run_sliced(building_group(join, state, rt.churn), expected)
         return await run_sliced(rendering(families, rt.name), expected)
 
-    lists = {r: asyncio.ensure_future(list_all(r)) for r in RESOURCES}
+    lists = {r: asyncio.create_task(list_all(r)) for r in RESOURCES}
     try:
         parts = await asyncio.gather(*(render_join(join) for join in JOINS))
         await asyncio.gather(*lists.values())  # a bug in a list raises here
