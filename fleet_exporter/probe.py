@@ -253,9 +253,8 @@ def inflate_thread() -> ThreadPoolExecutor:
 class Refresh:
     """The outcome of one refresh: what every probe of this cluster serves until ``ttl``
     passes. ``ok`` means the core lists succeeded, so the data is worth serving.
-
-    ``rendered`` is filled by the refresh itself; a Refresh made with ``families`` only
-    renders them on first use, once, and then lets them go."""
+    ``rendered`` is its metrics, already encoded and compressed: a refresh keeps no
+    families."""
 
     cluster: str
     ok: bool
@@ -268,9 +267,7 @@ class Refresh:
     calls: list[Call]
     resources: dict[str, ResourceResult]
     state: ClusterState | None
-    families: list[Family]
-    rendered: Rendered | None = None
-    _rendering: asyncio.Future[Rendered] | None = field(default=None, repr=False)
+    rendered: Rendered
     _log: str | None = field(default=None, repr=False)
 
     @property
@@ -313,16 +310,8 @@ class Refresh:
         return self._log
 
     async def body(self, openmetrics: bool, compressed: bool) -> bytes:
-        """The rendered families (no ``# EOF``): gzip members joined, or their text."""
-        rendered = self.rendered
-        if rendered is None:
-            if self._rendering is None:
-                families, self.families = self.families, []
-                self._rendering = asyncio.ensure_future(
-                    run_sliced(rendering(families, self.cluster))
-                )
-            rendered = self.rendered = await self._rendering
-        members = rendered.openmetrics if openmetrics else rendered.text
+        """The rendered metrics (no ``# EOF``): gzip members joined, or their text."""
+        members = self.rendered.openmetrics if openmetrics else self.rendered.text
         if compressed:
             return b"".join(members)
         if sum(map(len, members)) <= INFLATE_INLINE_BYTES:
@@ -517,7 +506,6 @@ def _finish(
         calls=calls,
         resources=resources,
         state=state,
-        families=[],
         rendered=rendered,
     )
 

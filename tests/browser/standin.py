@@ -14,7 +14,7 @@ from pathlib import Path
 from fleet_exporter.config import ClusterConfig, Settings
 from fleet_exporter.fleet import ClusterRuntime, Fleet
 from fleet_exporter.longhorn import RESOURCES, ClusterReducer, ClusterState
-from fleet_exporter.probe import Refresh, ResourceResult
+from fleet_exporter.probe import Refresh, ResourceResult, render
 from fleet_exporter.simulator.fleet import ClusterSpec
 from fleet_exporter.simulator.objects import KINDS, build_cluster
 
@@ -44,7 +44,7 @@ def refresh_of(name: str, state: ClusterState | None, error: str | None = None) 
         calls=[],
         resources={r: ResourceResult(ok=ok, objects=1, pages=1, error=error) for r in RESOURCES},
         state=state,
-        families=[],
+        rendered=render([], name),  # the pages never serve the metrics
     )
 
 
