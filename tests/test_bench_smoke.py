@@ -33,6 +33,8 @@ async def test_quick_run_produces_every_figure(tmp_path):
         assert row["probe_s"] > 0
         assert row["cpu_s"] > 0
         assert row["ratio"] == pytest.approx(row["probe_s"] / row["floor_s"])
+        assert row["decode_floor_s"] > 0
+        assert row["decode_ratio"] == pytest.approx(row["decode_floor_s"] / row["floor_s"])
     assert fleet["cpu_fit_per_1000_volumes"]["slope"] > 0
     for warm in fleet["warm"]:
         assert 0 < warm["probe_p50_ms"] <= warm["probe_p99_ms"]
@@ -59,7 +61,13 @@ async def test_quick_run_produces_every_figure(tmp_path):
     assert json.loads(paths["json"].read_text())["fleet"]["cold"] == fleet["cold"]
     table = paths["table"].read_text()
     assert table.startswith("machine: ")
-    for figure in ("cold probe, ", "warm probe, ", "sweep 3 clusters x 2 scrapers", "RSS, 3"):
+    figures = (
+        "cold probe, ",
+        "decode-only client",
+        "warm probe, ",
+        "sweep 3 clusters x 2 scrapers",
+    )
+    for figure in (*figures, "RSS, 3"):
         assert figure in table
     png = paths["png"].read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")

@@ -246,12 +246,16 @@ class _Driver:
 
     # -- measurements
 
-    async def floor(self, names: Sequence[str]) -> float:
+    async def floor(self, names: Sequence[str], decode: bool = False) -> float:
         """Seconds for a bare client to list every resource of ``names`` (all clusters
         at once; each cluster's lists concurrently, each paginated), bodies read, no
-        parsing beyond finding the continue token."""
+        parsing beyond finding the continue token.
+
+        With ``decode``, each page is also decoded with the exporter's own typed decoder
+        (msgspec) and then dropped: no reduce, no metrics. That is the least any exporter
+        that reads the objects must do, so its time bounds the cold ratio from below."""
         from ..config import Settings
-        from ..longhorn import RESOURCES
+        from ..longhorn import RESOURCES, decode_page
 
         settings = Settings()
         assert self.floor_session is not None
@@ -276,7 +280,10 @@ class _Driver:
                         body = await resp.read()
                         if resp.status != 200:
                             raise BenchError(f"floor: {up.name} {resource}: HTTP {resp.status}")
-                    token = _continue_token(body)
+                    if decode:
+                        token = decode_page(resource, body)[2].continue_ or ""
+                    else:
+                        token = _continue_token(body)
                     if not token:
                         return
 

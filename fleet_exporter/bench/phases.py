@@ -53,12 +53,14 @@ async def _fill(d: _Driver, batches: int, limit: int) -> list[dict[str, float]]:
 
 
 async def _cold(d: _Driver, names: Sequence[str], reps: int) -> list[dict[str, Any]]:
-    """Per cluster: floor and cold probe, interleaved, one unmeasured warm-up round."""
+    """Per cluster: floor, decode-only floor and cold probe, interleaved, one unmeasured
+    warm-up round."""
     rows = []
     for name in names:
-        floors, probes, cpus = [], [], []
+        floors, decodes, probes, cpus = [], [], [], []
         for rep in range(reps + 1):
             floor = await d.floor([name])
+            decode = await d.floor([name], decode=True)
             await d.forget(name)
             before = await d.stats()
             answer = await d.probe(d.probe_url(name))
@@ -67,6 +69,7 @@ async def _cold(d: _Driver, names: Sequence[str], reps: int) -> list[dict[str, A
                 raise BenchError(f"cold probe of {name} failed (HTTP {answer.status})")
             if rep:
                 floors.append(floor)
+                decodes.append(decode)
                 probes.append(answer.seconds)
                 cpus.append(after["cpu"] - before["cpu"])
         floor, probe = statistics.median(floors), statistics.median(probes)
@@ -78,6 +81,10 @@ async def _cold(d: _Driver, names: Sequence[str], reps: int) -> list[dict[str, A
                 "floor_s": floor,
                 "probe_s": probe,
                 "ratio": probe / floor,
+                # A client that only decodes (see _Driver.floor): the least any exporter
+                # reading the objects can take, against the same floor.
+                "decode_floor_s": statistics.median(decodes),
+                "decode_ratio": statistics.median(decodes) / floor,
                 "ratios": [p / f for p, f in zip(probes, floors, strict=True)],
                 "cpu_s": statistics.median(cpus),
                 "cpu_s_per_1000_volumes": statistics.median(cpus) / volumes * 1000,

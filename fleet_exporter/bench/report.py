@@ -65,7 +65,8 @@ def _cold_rows(cold: Sequence[dict[str, Any]], where: str = "") -> list[tuple[st
             _row(
                 f"cold probe, {r['volumes']} volumes{where}",
                 f"{r['probe_s'] * 1000:.0f} ms / floor {r['floor_s'] * 1000:.0f} ms = "
-                f"{r['ratio']:.2f}x; CPU {r['cpu_s']:.2f} s",
+                f"{r['ratio']:.2f}x; CPU {r['cpu_s']:.2f} s; decode-only client "
+                f"{r['decode_ratio']:.2f}x",
                 target,
                 ok,
             )
