@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import pages
@@ -137,18 +140,38 @@ async def handle_probe(request: web.Request) -> web.Response:
     parts = [encode(head, name, openmetrics=openmetrics, eof=False)]
     if compressed:
         parts[0] = stored_gzip(parts[0])  # a few hundred bytes: no compressor set-up
-    if refresh is not None:
-        parts.append(await refresh.body(openmetrics, compressed))
+    if refresh is not None and compressed:
+        parts += refresh.members(openmetrics)
+    elif refresh is not None:
+        parts.append(await refresh.body(openmetrics, compressed=False))
     if openmetrics:
         parts.append(stored_gzip(EOF_LINE) if compressed else EOF_LINE)
     # Concatenated gzip members are one valid gzip stream (RFC 1952 section 2.2), so the
-    # cached, once-compressed body is sent as is behind a freshly compressed head.
-    response = web.Response(body=b"".join(parts))
-    response.headers["Content-Type"] = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
+    # cached, once-compressed members are sent as they are behind a freshly compressed head.
+    content_type = OPENMETRICS_TYPE if openmetrics else TEXT_TYPE
+    response = web.Response(body=Parts(parts, content_type))
     if compressed:
         response.headers["Content-Encoding"] = "gzip"
     response.headers["Vary"] = "Accept, Accept-Encoding"
     return response
+
+
+class Parts(Payload):
+    """A response body sent as the pieces it is kept in, not joined first. Joining a
+    2,000-volume cluster's 2.1 MB of cached gzip members took fresh memory on every probe
+    (glibc gave the freed block back each time): ~530 page faults, and warm probes of
+    3.5-3.8 ms instead of 2.3-2.6 (bench/README.md)."""
+
+    def __init__(self, parts: Sequence[bytes], content_type: str) -> None:
+        super().__init__(parts, content_type=content_type)
+        self._size = sum(map(len, parts))
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for part in self._value:
+            await writer.write(part)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
 
 
 def shard_of(name: str, modulus: int) -> int:

@@ -309,9 +309,13 @@ class Refresh:
             self._log = "\n".join(lines)
         return self._log
 
+    def members(self, openmetrics: bool) -> tuple[bytes, ...]:
+        """The rendered metrics (no ``# EOF``) as the gzip members they are kept in."""
+        return self.rendered.openmetrics if openmetrics else self.rendered.text
+
     async def body(self, openmetrics: bool, compressed: bool) -> bytes:
         """The rendered metrics (no ``# EOF``): gzip members joined, or their text."""
-        members = self.rendered.openmetrics if openmetrics else self.rendered.text
+        members = self.members(openmetrics)
         if compressed:
             return b"".join(members)
         if sum(map(len, members)) <= INFLATE_INLINE_BYTES:

@@ -181,6 +181,26 @@ async def test_openmetrics_and_gzip(env):
     assert gzip.decompress(again).split(b"\n", 12)[-1] == gzip.decompress(raw).split(b"\n", 12)[-1]
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+async def test_probe_body_is_sent_with_its_length_and_headers(env, encoding):
+    """The answer goes out as its cached pieces (app.Parts), not one joined buffer: the
+    length, the middleware's headers and HEAD must still be right."""
+    headers = {"Accept-Encoding": encoding}
+    url = env.url + "/probe?cluster=alpha"
+    async with env.session.get(url, headers=headers, auto_decompress=False) as r:
+        raw = await r.read()
+        assert int(r.headers["Content-Length"]) == len(raw)
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    # gzip.decompress reads every member and raises on a cut one; text ends with a newline.
+    text = gzip.decompress(raw) if encoding == "gzip" else raw
+    assert text.endswith(b"\n")
+    assert value(samples(text.decode()), "probe_success") == 1
+    async with env.session.head(url, headers=headers, auto_decompress=False) as r:
+        assert r.status == 200
+        assert await r.read() == b""
+
+
 async def test_plain_text_by_default(env):
     _status, text, headers = await env.get("/probe?cluster=alpha")
     assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
