@@ -132,7 +132,7 @@ async def handle_probe(request: web.Request) -> web.Response:
     if query.get("debug", "").lower() in ("true", "1"):
         body = encode(head, name, eof=False)
         if refresh is not None:
-            body += await refresh.body(openmetrics=False, compressed=False)
+            body += await refresh.text(openmetrics=False)
         return _plain(200, f"{text_log}\nMetrics that would have been returned:\n{body.decode()}")
 
     openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
@@ -143,7 +143,7 @@ async def handle_probe(request: web.Request) -> web.Response:
     if refresh is not None and compressed:
         parts += refresh.members(openmetrics)
     elif refresh is not None:
-        parts.append(await refresh.body(openmetrics, compressed=False))
+        parts.append(await refresh.text(openmetrics))
     if openmetrics:
         parts.append(stored_gzip(EOF_LINE) if compressed else EOF_LINE)
     # Concatenated gzip members are one valid gzip stream (RFC 1952 section 2.2), so the

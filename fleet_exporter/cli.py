@@ -239,7 +239,7 @@ async def _one_shot(directory: Path, only: set[str] | None, wait: float):
             refresh = lookup.value
             body = b""
             if refresh is not None:
-                body = await refresh.body(openmetrics=False, compressed=False)
+                body = await refresh.text(openmetrics=False)
             results[name] = (lookup, body)
         return fleet, results
     finally:

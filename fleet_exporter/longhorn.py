@@ -988,8 +988,8 @@ class ClusterReducer:
     def state(self, complete: frozenset[str]) -> ClusterState:
         """Every joined group together (call ``joining`` for each of ``JOINS`` first)."""
         volumes = self._sorted_volumes() if "volumes" in complete else {}
-        backups = self._backups_joined if "backups" in complete else {}
-        return self._state(complete, volumes, backups or {})
+        backups = (self._backups_joined or {}) if "backups" in complete else {}
+        return self._state(complete, volumes, backups)
 
     def _sorted_volumes(self) -> dict[str, VolumeState]:
         if self._volumes_sorted is None:

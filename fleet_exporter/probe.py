@@ -240,7 +240,7 @@ _INFLATE_THREAD: ThreadPoolExecutor | None = None
 
 def inflate_thread() -> ThreadPoolExecutor:
     """The thread that inflates cached metrics for clients that take no gzip: a big body
-    inflates there (zlib lets go of the GIL) while the loop serves others. One thread, not
+    inflates there (ISA-L lets go of the GIL) while the loop serves others. One thread, not
     asyncio's default pool: each extra thread would get its own malloc arena (more
     resident memory, measured)."""
     global _INFLATE_THREAD
@@ -313,14 +313,12 @@ class Refresh:
         """The rendered metrics (no ``# EOF``) as the gzip members they are kept in."""
         return self.rendered.openmetrics if openmetrics else self.rendered.text
 
-    async def body(self, openmetrics: bool, compressed: bool) -> bytes:
-        """The rendered metrics (no ``# EOF``): gzip members joined, or their text."""
+    async def text(self, openmetrics: bool) -> bytes:
+        """The rendered metrics (no ``# EOF``) inflated, for clients that take no gzip."""
         members = self.members(openmetrics)
-        if compressed:
-            return b"".join(members)
         if sum(map(len, members)) <= INFLATE_INLINE_BYTES:
             return _inflate(members)
-        # zlib releases the GIL: the loop keeps running while a big body inflates.
+        # ISA-L lets go of the GIL: the loop keeps running while a big body inflates.
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(inflate_thread(), _inflate, members)
 
