@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The simulator and the benchmark are directories of the repository, not part of the
+# installed package: they run from here.
 demo: $(STAMP)
-	$(BIN)/fleet-exporter demo
+	$(BIN)/python -m simulator.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,7 +34,7 @@ test: $(STAMP) lint
 	$(BIN)/pytest -q -m browser -p no:cacheprovider tests/browser
 
 bench: $(STAMP)
-	$(BIN)/fleet-exporter bench
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

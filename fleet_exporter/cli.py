@@ -9,9 +9,7 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,39 +73,7 @@ def parse_listen(value: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
-DEMO_SCRAPE_INTERVAL = 15.0
-
-
-def demo_scraper(url: str):
-    """For the demo only: probe every cluster every 15 s over HTTP, as Prometheus would,
-    so the pages and the probe history have something to show without a Prometheus."""
-
-    async def ctx(app: web.Application):
-        import aiohttp
-
-        from .app import FLEET
-
-        async def loop() -> None:
-            fleet = app[FLEET]
-            await fleet.wait_ready()
-            async with aiohttp.ClientSession() as session:
-                while True:
-                    for name in sorted(fleet.clusters):
-                        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                            async with session.get(f"{url}/probe", params={"cluster": name}) as r:
-                                await r.read()
-                    await asyncio.sleep(DEMO_SCRAPE_INTERVAL)
-
-        task = asyncio.create_task(loop(), name="demo-scraper")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return ctx
-
-
-def _serve(args: argparse.Namespace, directory: Path, scraper_url: str | None = None) -> int:
+def _serve(args: argparse.Namespace, directory: Path) -> int:
     from .app import FLEET, create_app
     from .fleet import Fleet
     from .probe import settle_heap
@@ -142,8 +108,6 @@ def _serve(args: argparse.Namespace, directory: Path, scraper_url: str | None = 
         app[SETTLE] = asyncio.create_task(settle())  # held: a task nobody holds may vanish
 
     app.on_startup.append(on_startup)
-    if scraper_url and web_config is None:
-        app.cleanup_ctx.append(demo_scraper(scraper_url))
     host, port = args.listen
     log.info("fleet-exporter %s serving %s on %s:%d", __version__, directory, host or "*", port)
     try:
@@ -164,64 +128,6 @@ def _serve(args: argparse.Namespace, directory: Path, scraper_url: str | None = 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     return _serve(args, Path(args.clusters))
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Start the simulated fleet in a child process, then serve the exporter over it."""
-    with tempfile.TemporaryDirectory(prefix="fleet-exporter-demo-") as tmp:
-        directory = Path(tmp)
-        sim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fleet_exporter.simulator",
-                "--kubeconfig-dir",
-                str(directory),
-                "--fleet",
-                args.fleet,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            line = sim.stdout.readline() if sim.stdout else ""
-            if not line.startswith("READY"):
-                log.error("the simulated fleet did not start (got %r)", line.strip())
-                return 2
-            clusters = sorted(p.stem for p in directory.glob("*.yaml") if p.name != "fleet.yaml")
-            write_demo_settings(directory, clusters)
-            host, port = args.listen
-            scheme = "https" if args.web_config_file else "http"
-            base = f"{scheme}://{host or 'localhost'}:{port}"
-            print(
-                f"Simulated fleet of {len(clusters)} Longhorn clusters is up "
-                f"(kubeconfigs in {directory}).\n"
-                f"Try:\n  curl '{base}/probe?cluster={clusters[0]}'\n"
-                f"  curl '{base}/probe?cluster={clusters[0]}&debug=true'\n"
-                f"  curl '{base}/targets'\n  open {base}/\n"
-                f"A built-in scraper probes every cluster every {DEMO_SCRAPE_INTERVAL:g}s, as "
-                "Prometheus would, so the pages fill in. Ctrl-C stops the demo.",
-                flush=True,
-            )
-            return _serve(args, directory, scraper_url=f"http://127.0.0.1:{port}")
-        finally:
-            sim.terminate()
-            try:
-                sim.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-
-
-def write_demo_settings(directory: Path, clusters: list[str]) -> None:
-    """Give the demo's clusters region/env labels (from names like ``eu-west-prod-01``), so
-    ``/targets`` shows how extra labels reach Prometheus."""
-    lines = ["clusters:"]
-    for name in clusters:
-        parts = name.split("-")
-        if len(parts) >= 3:
-            region, env = "-".join(parts[:-2]), parts[-2]
-            lines.append(f"  {name}:\n    labels: {{region: {region}, env: {env}}}")
-    (directory / "fleet.yaml").write_text("\n".join(lines) + "\n")
 
 
 async def _one_shot(directory: Path, only: set[str] | None, wait: float):
@@ -309,22 +215,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """The performance benchmark (bench/README.md): simulator, exporter and bare
-    references in separate processes on loopback; prints the table, writes JSON."""
-    from .bench import Options, main
-
-    out = Path(args.out)
-    opts = Options.quick(out) if args.quick else Options(out_dir=out)
-    if args.plot:
-        opts.plot = True
-    if args.small_clusters is not None:
-        opts.small_clusters = args.small_clusters
-    if args.interval is not None:
-        opts.interval = args.interval
-    return main(opts)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleet-exporter",
@@ -376,18 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
     web_config_arg(serve)
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="run the exporter over a simulated fleet of 51 clusters")
-    demo.add_argument(
-        "--listen",
-        type=parse_listen,
-        default=parse_listen(f"127.0.0.1:{DEFAULT_PORT}"),
-        metavar="HOST:PORT",
-    )
-    web_config_arg(demo)
-    demo.add_argument("--fleet", default="demo", choices=["demo", "sized", "small500"])
-    demo.add_argument("--shutdown-timeout", type=float, default=5.0, help=argparse.SUPPRESS)
-    demo.set_defaults(func=cmd_demo)
-
     probe = sub.add_parser("probe", help="probe one cluster and print its metrics")
     probe.add_argument("cluster")
     clusters_arg(probe)
@@ -402,17 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_triage(sub)
 
-    bench = sub.add_parser("bench", help="measure the exporter against the upstream floor")
-    bench.add_argument("--plot", action="store_true", help="also write a PNG of latency")
-    bench.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
-    bench.add_argument("--out", default="bench/results", metavar="DIR", help="results go here")
-    bench.add_argument(
-        "--small-clusters", type=int, default=None, metavar="N", help="0 skips that phase"
-    )
-    bench.add_argument(
-        "--interval", type=float, default=None, metavar="SECONDS", help="many-cluster phase"
-    )
-    bench.set_defaults(func=cmd_bench)
     return p
 
 

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleet_exporter.app import create_app
 from fleet_exporter.fleet import Fleet
-from fleet_exporter.simulator.fleet import ClusterSpec
-from fleet_exporter.simulator.server import SimulatedFleet
+from simulator.fleet import ClusterSpec
+from simulator.server import SimulatedFleet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -1,7 +1,7 @@
 """The benchmark keeps working: a tiny run (three small clusters, then ten) through every
 phase, with the real simulator, exporter and bare server processes. It checks that each
 figure is produced and sane, not that any target is met: timing targets belong to the full
-run (``fleet-exporter bench``), on a quiet machine. Also: the rendering the benchmark led
+run (``make bench``), on a quiet machine. Also: the rendering the benchmark led
 to (gzip members per format) serves exactly what the encoder writes."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import zlib
 
 import pytest
 
-from fleet_exporter import bench, probe
-from fleet_exporter.bench import common, driver
+import bench
+from bench import common, driver
+from fleet_exporter import probe
 from fleet_exporter.longhorn import to_number
 from fleet_exporter.metrics import Family, encode
 

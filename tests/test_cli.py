@@ -1,4 +1,4 @@
-"""The fleet-exporter command: probe, check and demo, run as real processes."""
+"""The fleet-exporter command (probe, check) and the demo, run as real processes."""
 
 import json
 import os
@@ -9,12 +9,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from fleet_exporter.cli import parse_listen, write_demo_settings
+from fleet_exporter.cli import parse_listen
 from fleet_exporter.config import load_fleet
+from simulator.demo import write_demo_settings
 
 from .conftest import samples, small_fleet_specs, started_env, value
 
-CLI = [sys.executable, "-m", "fleet_exporter.cli"]
+CLI = [sys.executable, "-m", "fleet_exporter"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -82,11 +84,12 @@ def test_demo_serves_the_simulated_fleet(tmp_path):
     port = _free_port()
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen(
-        [*CLI, "demo", "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "simulator.demo", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        cwd=REPO,
     )
     try:
         first = proc.stdout.readline()

@@ -24,8 +24,8 @@ import yaml
 
 from fleet_exporter.config import load_fleet
 from fleet_exporter.credentials import load_credentials
-from fleet_exporter.simulator.fleet import ClusterSpec
-from fleet_exporter.simulator.server import SimulatedFleet
+from simulator.fleet import ClusterSpec
+from simulator.server import SimulatedFleet
 
 from .prometheus_harness import DEPLOY, require_binary
 

@@ -4,7 +4,7 @@ probe_success per cluster, the alert rules, and every dashboard panel query."""
 
 import pytest
 
-from fleet_exporter.simulator.fleet import ClusterSpec
+from simulator.fleet import ClusterSpec
 
 from .conftest import started_env
 from .prometheus_harness import render_shipped_config, running_prometheus

@@ -108,7 +108,7 @@ async def test_pagination_reads_every_object(tmp_path, metadata_first):
     """Pages are requested ahead on a continue token guessed from the body's tail; a
     server that writes ``metadata`` first allows no guess, and the lists still come
     whole, one request per page, none twice."""
-    from fleet_exporter.simulator.fleet import ClusterSpec
+    from simulator.fleet import ClusterSpec
 
     from .conftest import started_env
 
@@ -410,7 +410,7 @@ async def test_an_unexpected_error_costs_only_that_clusters_probe(env, monkeypat
 async def test_refresh_slots_go_to_the_longest_refresh_first(tmp_path):
     """With one refresh at a time, cold clusters queued behind a running refresh start
     longest-last-refresh first, not in the order their probes arrived."""
-    from fleet_exporter.simulator.fleet import ClusterSpec
+    from simulator.fleet import ClusterSpec
 
     from .conftest import started_env
 

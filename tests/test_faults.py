@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from fleet_exporter.simulator.faults import FaultSettings
-from fleet_exporter.simulator.fleet import ClusterSpec
-from fleet_exporter.simulator.tls import CertificateAuthority
+from simulator.faults import FaultSettings
+from simulator.fleet import ClusterSpec
+from simulator.tls import CertificateAuthority
 
 from .conftest import samples, started_env, value
 

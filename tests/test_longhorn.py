@@ -25,8 +25,8 @@ from fleet_exporter.longhorn import (
     peek_continue,
     to_number,
 )
-from fleet_exporter.simulator.fleet import ClusterSpec
-from fleet_exporter.simulator.objects import build_cluster
+from simulator.fleet import ClusterSpec
+from simulator.objects import build_cluster
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 NOW = parse_time("2026-07-10T00:00:00Z")

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleet_exporter.longhorn import ClusterState, SnapshotChurn, parse_time
 from fleet_exporter.metrics import Family, encode, longhorn_families
-from fleet_exporter.simulator.fleet import ClusterSpec
+from simulator.fleet import ClusterSpec
 from tests.test_longhorn import (
     ALL,
     BACKUP_COUNTS,
@@ -557,7 +557,7 @@ def test_groups_joined_in_any_order_give_the_same_metrics(missing: set[str]) -> 
     and the triage view are those of one join of everything."""
     from fleet_exporter.longhorn import JOINS, RESOURCES, ClusterReducer, drain
     from fleet_exporter.metrics import building_group
-    from fleet_exporter.simulator.objects import build_cluster
+    from simulator.objects import build_cluster
     from tests.test_longhorn import NOW, page
 
     spec = ClusterSpec(

@@ -13,7 +13,7 @@ import pytest
 
 from fleet_exporter.longhorn import RESOURCES, ClusterState, SnapshotChurn
 from fleet_exporter.metrics import VOLUME_LABELS, Family, longhorn_families
-from fleet_exporter.simulator.fleet import ClusterSpec
+from simulator.fleet import ClusterSpec
 from tests.test_longhorn import reduce_simulated
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"

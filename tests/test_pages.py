@@ -15,8 +15,8 @@ from urllib.parse import urljoin
 import pytest
 
 from fleet_exporter import pages, triage
-from fleet_exporter.simulator.fleet import ClusterSpec
-from fleet_exporter.simulator.objects import HOSTILE_NAMES, HOSTILE_NODE
+from simulator.fleet import ClusterSpec
+from simulator.objects import HOSTILE_NAMES, HOSTILE_NODE
 
 from .browser.standin import standin_fleet
 from .conftest import started_env, wait_for

@@ -12,7 +12,7 @@ import pytest
 
 from fleet_exporter.metrics import encode, longhorn_families
 from fleet_exporter.probe import ResourceResult, collection_families
-from fleet_exporter.simulator.fleet import ClusterSpec
+from simulator.fleet import ClusterSpec
 from tests.test_longhorn import reduce_simulated
 
 ALLOWED = 'longhorn_node_count_total non-counter metrics should not have "_total" suffix'

@@ -12,8 +12,8 @@ import aiohttp
 import bcrypt
 import pytest
 
-from fleet_exporter.simulator.server import SimulatedFleet
-from fleet_exporter.simulator.tls import CertificateAuthority
+from simulator.server import SimulatedFleet
+from simulator.tls import CertificateAuthority
 
 from .conftest import samples, small_fleet_specs, value, wait_for
 

@@ -28,16 +28,16 @@ import jsonschema
 import pytest
 import yaml
 
-from fleet_exporter.simulator.faults import FaultSettings
-from fleet_exporter.simulator.fleet import (
+from simulator.faults import FaultSettings
+from simulator.fleet import (
     ClusterSpec,
     demo_fleet,
     sized_fleet,
     small_fleet,
 )
-from fleet_exporter.simulator.objects import KINDS, build_cluster
-from fleet_exporter.simulator.server import SimulatedFleet
-from fleet_exporter.simulator.store import ClusterStore
+from simulator.objects import KINDS, build_cluster
+from simulator.server import SimulatedFleet
+from simulator.store import ClusterStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 NOW = 1_780_000_000.0  # a fixed clock: objects are byte-identical run to run
@@ -852,7 +852,7 @@ async def test_cli_prints_ready_serves_and_exits_zero_on_sigterm(tmp_path):
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "fleet_exporter.simulator",
+        "simulator",
         "--kubeconfig-dir",
         str(kc),
         "--fleet",

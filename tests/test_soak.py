@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from fleet_exporter.simulator.fleet import demo_fleet
-from fleet_exporter.simulator.server import SimulatedFleet
+from simulator.fleet import demo_fleet
+from simulator.server import SimulatedFleet
 
 from .conftest import wait_for
 from .test_security import Exporter, wait_ready

@@ -29,8 +29,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleet_exporter import webconfig
-from fleet_exporter.simulator.tls import CertificateAuthority, KeyPair, client_context
 from fleet_exporter.webconfig import RateLimit, TokenBucket, WebConfig, WebConfigError
+from simulator.tls import CertificateAuthority, KeyPair, client_context
 
 PASSWORD = "correct horse battery staple"
 NEW_PASSWORD = "rotated-password-93be"

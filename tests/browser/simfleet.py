@@ -1,5 +1,5 @@
 """``python -m tests.browser.simfleet --kubeconfig-dir DIR``: the simulated fleet the
-browser tests run the real exporter against. Like ``python -m fleet_exporter.simulator``
+browser tests run the real exporter against. Like ``python -m simulator``
 (prints ``READY <port>``, stops on SIGTERM) but with its own fleet: the stock demo's
 problems plus a cluster whose degraded volumes and down nodes carry hostile names, so
 they are on its triage page."""
@@ -11,8 +11,8 @@ import asyncio
 import signal
 from pathlib import Path
 
-from fleet_exporter.simulator.fleet import ClusterSpec, demo_fleet
-from fleet_exporter.simulator.server import SimulatedFleet
+from simulator.fleet import ClusterSpec, demo_fleet
+from simulator.server import SimulatedFleet
 
 HOSTILE = "hostile-names"
 

@@ -15,8 +15,8 @@ from fleet_exporter.config import ClusterConfig, Settings
 from fleet_exporter.fleet import ClusterRuntime, Fleet
 from fleet_exporter.longhorn import RESOURCES, ClusterReducer, ClusterState
 from fleet_exporter.probe import Refresh, ResourceResult, render
-from fleet_exporter.simulator.fleet import ClusterSpec
-from fleet_exporter.simulator.objects import KINDS, build_cluster
+from simulator.fleet import ClusterSpec
+from simulator.objects import KINDS, build_cluster
 
 
 def reduced_state(spec: ClusterSpec) -> ClusterState:

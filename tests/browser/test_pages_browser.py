@@ -9,7 +9,7 @@ import time
 import pytest
 from playwright.sync_api import Page
 
-from fleet_exporter.simulator.objects import HOSTILE_NAMES, HOSTILE_NODE
+from simulator.objects import HOSTILE_NAMES, HOSTILE_NODE
 
 from ..prometheus_harness import poll
 from .conftest import HOSTILE, HOSTILE_LABEL, Live, Watched

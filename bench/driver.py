@@ -16,7 +16,7 @@ import aiohttp
 from isal import isal_zlib
 
 from .children import _fleet_specs
-from .common import CHILD_START_TIMEOUT, SCRAPE_HEADERS, BenchError, Options
+from .common import CHILD_START_TIMEOUT, REPO, SCRAPE_HEADERS, BenchError, Options
 
 
 @dataclass
@@ -34,9 +34,11 @@ class _Child:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "fleet_exporter.bench",
+                "bench",
+                "child",
                 role,
                 *args,
+                cwd=REPO,  # ``bench`` is a directory of the repository, not an installed package
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
@@ -141,7 +143,7 @@ class _Driver:
         self.upstreams: dict[str, _Upstream] = {}
 
     async def __aenter__(self) -> _Driver:
-        from ..kube import new_session
+        from fleet_exporter.kube import new_session
 
         self.sim = await _Child.start(
             "sim",
@@ -200,8 +202,8 @@ class _Driver:
         )
 
     async def _load_upstreams(self) -> None:
-        from ..credentials import load_credentials
-        from ..kube import LONGHORN_API
+        from fleet_exporter.credentials import load_credentials
+        from fleet_exporter.kube import LONGHORN_API
 
         for name, spec in self.specs.items():
             creds = await load_credentials(self.dir / f"{name}.yaml")
@@ -254,8 +256,8 @@ class _Driver:
         With ``decode``, each page is also decoded with the exporter's own typed decoder
         (msgspec) and then dropped: no reduce, no metrics. That is the least any exporter
         that reads the objects must do, so its time bounds the cold ratio from below."""
-        from ..config import Settings
-        from ..longhorn import RESOURCES, decode_page
+        from fleet_exporter.config import Settings
+        from fleet_exporter.longhorn import RESOURCES, decode_page
 
         settings = Settings()
         assert self.floor_session is not None

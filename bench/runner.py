@@ -86,10 +86,10 @@ async def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, An
 
 def _exporter_settings() -> dict[str, Any]:
     """The defaults the figures were measured with."""
-    from ..config import ServerSettings, Settings
-    from ..fleet import TRIM_AFTER_BYTES
-    from ..kube import CONNECTIONS_PER_CLUSTER, TLS_READ_BUFFER
-    from ..probe import AHEAD, CHUNK, GZIP_LEVEL, SLICE
+    from fleet_exporter.config import ServerSettings, Settings
+    from fleet_exporter.fleet import TRIM_AFTER_BYTES
+    from fleet_exporter.kube import CONNECTIONS_PER_CLUSTER, TLS_READ_BUFFER
+    from fleet_exporter.probe import AHEAD, CHUNK, GZIP_LEVEL, SLICE
 
     settings, server = Settings(), ServerSettings()
     return {
@@ -136,3 +136,41 @@ def main(opts: Options) -> int:
     if failed:
         print("targets missed: " + "; ".join(failed))
     return 0
+
+
+def cli_main(argv: list[str]) -> int:
+    """``python -m bench``: the flags ``make bench`` and the README use."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure the exporter against the upstream floor (bench/README.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--plot", action="store_true", help="also write a PNG of latency")
+    p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
+    p.add_argument("--out", default="bench/results", metavar="DIR", help="results go here")
+    p.add_argument(
+        "--small-clusters",
+        type=int,
+        default=None,
+        metavar="N",
+        help="clusters in the many-cluster phase (0 skips it; default: 500)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="scrape interval of the many-cluster phase (default: 30)",
+    )
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    opts = Options.quick(out) if args.quick else Options(out_dir=out)
+    if args.plot:
+        opts.plot = True
+    if args.small_clusters is not None:
+        opts.small_clusters = args.small_clusters
+    if args.interval is not None:
+        opts.interval = args.interval
+    return main(opts)

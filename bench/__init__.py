@@ -1,9 +1,9 @@
-"""``fleet-exporter bench``: hold the exporter to the physical limit, the upstream itself.
+"""``make bench``: hold the exporter to the physical limit, the upstream itself.
 
 Three processes, so none shares another's event loop, GIL or memory: the simulated fleet
-(``python -m fleet_exporter.bench sim``), the real exporter app with a few measuring routes
-under ``/_bench/`` (``... bench exporter``), and a bare aiohttp server that returns fixed
-bytes (``... bench bare``). This process drives them over loopback and measures:
+(``python -m bench child sim``), the real exporter app with a few measuring routes
+under ``/_bench/`` (``... bench child exporter``), and a bare aiohttp server that returns fixed
+bytes (``... bench child bare``). This process drives them over loopback and measures:
 
 1. cold probe overhead: cold probe latency / the *floor*, a bare aiohttp client doing the
    same concurrent paginated GETs (same page size, TLS, session settings; no parsing),

@@ -42,13 +42,13 @@ def _stop_event() -> asyncio.Event:
 
 
 def _fleet_specs(kind: str, n: int, max_volumes: int) -> list[Any]:
-    from ..simulator.fleet import sized_fleet, small_fleet
+    from simulator.fleet import sized_fleet, small_fleet
 
     return sized_fleet(n, max_volumes) if kind == "sized" else small_fleet(n)
 
 
 async def _sim_child(args: argparse.Namespace) -> None:
-    from ..simulator.server import SimulatedFleet
+    from simulator.server import SimulatedFleet
 
     stop = _stop_event()
     specs = _fleet_specs(args.fleet, args.clusters, args.max_volumes)
@@ -121,9 +121,9 @@ _FREEZER = web.AppKey("bench_freezer", asyncio.Task)
 
 
 async def _exporter_child(args: argparse.Namespace) -> None:
-    from ..app import create_app
-    from ..fleet import Fleet
-    from ..probe import settle_heap
+    from fleet_exporter.app import create_app
+    from fleet_exporter.fleet import Fleet
+    from fleet_exporter.probe import settle_heap
 
     stop = _stop_event()
     fleet = Fleet(Path(args.dir))
@@ -216,7 +216,7 @@ async def _bare_child(args: argparse.Namespace) -> None:
 
 
 def child_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m fleet_exporter.bench")
+    p = argparse.ArgumentParser(prog="python -m bench child")
     p.add_argument("role", choices=["sim", "exporter", "bare"])
     p.add_argument("--dir", default="")
     p.add_argument("--fleet", choices=["sized", "small"], default="sized")

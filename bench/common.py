@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]  # the repository: ``bench`` runs from here
+
 # Prometheus 3's Accept header, gzip, and a 10 s scrape timeout: what a real scrape sends.
 PROM_ACCEPT = (
     "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"

@@ -1,4 +1,4 @@
-"""`python -m fleet_exporter.simulator`: run a simulated fleet until SIGTERM/SIGINT.
+"""`python -m simulator`: run a simulated fleet until SIGTERM/SIGINT.
 
 Writes one kubeconfig per cluster into --kubeconfig-dir, then prints exactly one line,
 `READY <port>`, on stdout. The demo spawns this as a subprocess and waits for that line.
@@ -18,7 +18,7 @@ from .server import SimulatedFleet
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fleet_exporter.simulator",
+        prog="python -m simulator",
         description="Serve a simulated fleet of Kubernetes API servers with Longhorn objects.",
     )
     parser.add_argument(
