@@ -121,9 +121,9 @@ _FREEZER = web.AppKey("bench_freezer", asyncio.Task)
 
 
 async def _exporter_child(args: argparse.Namespace) -> None:
-    from fleet_exporter.app import create_app
     from fleet_exporter.fleet import Fleet
-    from fleet_exporter.probe import settle_heap
+    from fleet_exporter.knobs import settle_heap
+    from fleet_exporter.web.app import create_app
 
     stop = _stop_event()
     fleet = Fleet(Path(args.dir))

@@ -257,7 +257,8 @@ class _Driver:
         (msgspec) and then dropped: no reduce, no metrics. That is the least any exporter
         that reads the objects must do, so its time bounds the cold ratio from below."""
         from fleet_exporter.config import Settings
-        from fleet_exporter.longhorn import RESOURCES, decode_page
+        from fleet_exporter.longhorn import RESOURCES
+        from fleet_exporter.longhorn.wire import decode_page
 
         settings = Settings()
         assert self.floor_session is not None

@@ -87,9 +87,15 @@ async def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, An
 def _exporter_settings() -> dict[str, Any]:
     """The defaults the figures were measured with."""
     from fleet_exporter.config import ServerSettings, Settings
-    from fleet_exporter.fleet import TRIM_AFTER_BYTES
-    from fleet_exporter.kube import CONNECTIONS_PER_CLUSTER, TLS_READ_BUFFER
-    from fleet_exporter.probe import AHEAD, CHUNK, GZIP_LEVEL, SLICE
+    from fleet_exporter.knobs import (
+        AHEAD,
+        CHUNK,
+        CONNECTIONS_PER_CLUSTER,
+        GZIP_LEVEL,
+        SLICE,
+        TLS_READ_BUFFER,
+        TRIM_AFTER_BYTES,
+    )
 
     settings, server = Settings(), ServerSettings()
     return {

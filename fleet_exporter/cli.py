@@ -19,8 +19,8 @@ from aiohttp import web
 from . import __version__
 from .config import ConfigError
 from .credentials import RedactingFilter
-from .triage import add_subcommand as add_triage
-from .webconfig import WebConfig, WebConfigError
+from .terminal import add_subcommand as add_triage
+from .web.webconfig import WebConfig, WebConfigError
 
 log = logging.getLogger("fleet_exporter")
 
@@ -74,9 +74,9 @@ def parse_listen(value: str) -> tuple[str | None, int]:
 
 
 def _serve(args: argparse.Namespace, directory: Path) -> int:
-    from .app import FLEET, create_app
-    from .fleet import Fleet
-    from .probe import settle_heap
+    from .fleet import FLEET, Fleet
+    from .knobs import settle_heap
+    from .web.app import create_app
 
     web_config = None
     if args.web_config_file:
@@ -153,8 +153,8 @@ async def _one_shot(directory: Path, only: set[str] | None, wait: float):
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from .metrics import encode
-    from .probe import head_families, probe_log
+    from .exposition import encode
+    from .web.probe import head_families, probe_log
 
     directory = Path(args.clusters)
     started_at, started = time.time(), time.monotonic()
@@ -188,6 +188,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .longhorn.health import summarize
+
     directory = Path(args.clusters)
     fleet, results = asyncio.run(_one_shot(directory, None, args.timeout))
     failed = 0
@@ -195,7 +197,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for name, (lookup, _body) in results.items():
         refresh = lookup.value
         if refresh is not None and refresh.ok and refresh.state is not None:
-            s = refresh.state.summary()
+            s = summarize(refresh.state)
             line = (
                 f"ok    {name:<{width}}  {s.volumes} volumes, {s.nodes} nodes, "
                 f"Longhorn {s.longhorn_version or 'version unknown'}, {refresh.duration:.2f}s"

@@ -24,18 +24,14 @@ from .cache import Lookup, RefreshCache
 from .config import ClusterConfig, ConfigError, FleetConfig, load_fleet
 from .credentials import Credentials, CredentialsError, check_permissions, load_credentials
 from .history import History
+from .knobs import TRIM_AFTER_BYTES, release_free_memory
 from .kube import Call, new_session
-from .longhorn import SnapshotChurn
-from .probe import Refresh, failed_refresh, refresh_cluster, release_free_memory
+from .longhorn.churn import SnapshotChurn
+from .prober import Refresh, Target, failed_refresh, refresh
+from .scheduling import Slots
 from .selfmetrics import SelfMetrics
-from .slots import Slots
 
 log = logging.getLogger(__name__)
-
-# When no refresh is running and the refreshes since the last time listed this much, the
-# C heap's free pages go back to the system (probe.release_free_memory, ~2 ms): after a
-# sweep of the 51-cluster fleet (290 MB), or every ~100 refreshes of small clusters.
-TRIM_AFTER_BYTES = 64 << 20
 
 
 @dataclass(eq=False)
@@ -58,6 +54,18 @@ class ClusterRuntime:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def target(self) -> Target:
+        """What the prober needs of this cluster for one refresh."""
+        return Target(
+            name=self.name,
+            settings=self.config.settings,
+            credentials=self.credentials,
+            load_error=self.load_error,
+            churn=self.churn,
+            errors_total=self.errors_total,
+            expected=self.last_refresh_seconds or 0.0,
+        )
 
 
 @dataclass(frozen=True)
@@ -228,13 +236,14 @@ class Fleet:
             self.metrics.refreshes_in_flight.inc()
             self._refreshing += 1
             started_at = time.time()
+            target = rt.target()
             try:
-                result = await refresh_cluster(rt, self.session, self._count_call)
+                result = await refresh(target, self.session, lambda c: self._count_call(rt.name, c))
             except Exception as e:
                 # A bug (say, data shaped as no Longhorn version ever was) costs this one
                 # cluster its probe, never the process or the other clusters.
                 log.exception("cluster %s: refresh failed unexpectedly", rt.name)
-                result = failed_refresh(rt, f"internal error: {type(e).__name__}", started_at)
+                result = failed_refresh(target, f"internal error: {type(e).__name__}", started_at)
             finally:
                 self.metrics.refreshes_in_flight.dec()
                 self._refreshing -= 1

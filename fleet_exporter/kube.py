@@ -1,19 +1,23 @@
-"""GET requests to one cluster's Kubernetes API, done with aiohttp.
+"""The Kubernetes API client: lists of one cluster's custom resources, page by page.
 
 We do not use the ``kubernetes`` package's client for the calls: it has no body cap, its
 timeouts default to none, and its async flavour decodes everything into dicts. Here each
 request gets a timeout carved out of the refresh's deadline, a byte cap on the body as
 sent and again on its inflated size (we inflate gzip ourselves, so a gzip bomb stops at
 the cap), and an error class that the metrics and the debug output can name precisely.
+
+``KubeClient.list`` owns pagination: it fetches each page's successor as soon as the page
+has arrived (its continue token read from the body's tail), up to ``knobs.AHEAD`` pages
+ahead, and hands each body to the caller's reader, which decodes it and returns the true
+token; a wrong guess restarts the fetching from the true one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -24,6 +28,7 @@ from isal import isal_zlib
 from . import __version__
 from .config import Settings
 from .credentials import Credentials, CredentialsError, redact
+from .knobs import AHEAD, CONNECTIONS_PER_CLUSTER, shrink_tls_read_buffer
 
 LONGHORN_API = "/apis/longhorn.io/v1beta2"
 USER_AGENT = f"fleet-exporter/{__version__}"
@@ -63,17 +68,6 @@ class Call(msgspec.Struct, frozen=True, gc=False):
     error: str | None = None
 
 
-# Idle keep-alive connections are most of the exporter's memory per cluster (~80 KiB
-# each, after the buffer fix below), and a refresh is bound by our CPU, not by how many
-# lists are in flight: four connections per cluster refresh a 2,000-volume cluster as fast
-# as ten (bench/README.md). Lists beyond four wait for a free connection.
-CONNECTIONS_PER_CLUSTER = 4
-# asyncio gives every TLS connection a zero-filled 256 KiB read buffer
-# (asyncio.sslproto.SSLProtocol.max_size), resident for the connection's life: 2.5 MiB per
-# cluster with ten pooled connections, 1.2 GiB at 500 clusters (tracemalloc). OpenSSL hands
-# out at most one 16 KiB record per read anyway, and list bodies come gzipped, so smaller
-# socket reads cost a few hundred more recv calls per 100 MB list, nothing measurable.
-TLS_READ_BUFFER = 16 * 1024
 # kube-apiserver gzips list bodies over 128 KiB (level 1, ~10x here). We inflate each body
 # on the event loop once it has arrived, with ISA-L (``isal``: ~1 ms for a 1 MB page, half
 # of zlib's). A worker thread (zlib lets go of the GIL) used the other core, but each body
@@ -85,18 +79,11 @@ GZIP = frozenset({"gzip", "x-gzip"})
 IDENTITY = frozenset({"", "identity"})
 
 
-def _shrink_tls_read_buffer() -> None:
-    """Process-wide, once: asyncio has no per-connection knob for this buffer."""
-    protocol = asyncio.sslproto.SSLProtocol
-    if getattr(protocol, "max_size", 0) > TLS_READ_BUFFER:
-        protocol.max_size = TLS_READ_BUFFER
-
-
 def new_session(limit: int = 256) -> aiohttp.ClientSession:
     """The one shared session. Per-request ``ssl``/``server_hostname`` keep clusters apart:
     aiohttp pools connections by (host, port, ssl context, server_hostname, proxy), so
     ``limit_per_host`` is a per-cluster limit."""
-    _shrink_tls_read_buffer()
+    shrink_tls_read_buffer()
     connector = aiohttp.TCPConnector(
         limit=limit,
         limit_per_host=CONNECTIONS_PER_CLUSTER,
@@ -120,8 +107,13 @@ def new_session(limit: int = 256) -> aiohttp.ClientSession:
     )
 
 
+# Reads one page: decodes and folds in the body, and returns the page's continue token
+# ("" after the last page). A ValueError names a page that is not what it should be.
+Reader = Callable[[bytes | bytearray], Awaitable[str]]
+
+
 class KubeClient:
-    """Lists Longhorn resources of one cluster, one page per call."""
+    """Lists Longhorn resources of one cluster."""
 
     def __init__(
         self,
@@ -136,6 +128,39 @@ class KubeClient:
         self.on_call = on_call
         base = credentials.endpoint.server.rstrip("/")
         self._base = f"{base}{LONGHORN_API}/namespaces/{quote(settings.namespace, safe='')}/"
+
+    async def list(self, resource: str, read: Reader, deadline: float) -> None:
+        """Every page of ``resource``, in order, each body handed to ``read``. Raises
+        UpstreamError for a failed call, a page ``read`` refuses (``invalid``) or more than
+        ``max_pages`` pages (a server whose continue tokens never end)."""
+        limit = self.settings.max_pages
+        token, n = "", 0
+        pages: _Pages | None = None
+        try:
+            while True:
+                n += 1
+                if n > limit:
+                    raise UpstreamError("invalid", f"more than {limit} pages; continue never ends")
+                if pages is None:
+                    pages = _Pages(self, resource, token, n, deadline)
+                fetched, guess = await pages.next()
+                size = len(fetched.body)
+                try:
+                    token = await read(fetched.body)
+                except ValueError as e:
+                    error = f"page {n}: {e}"
+                    self.report(resource, n, "invalid", fetched.seconds, size, error)
+                    raise UpstreamError("invalid", error) from None
+                self.report(resource, n, "200", fetched.seconds, size)
+                del fetched  # the body is folded in: let it go before the next page
+                if not token:
+                    return
+                if token != guess:  # guessed wrong, or could not guess: restart from the truth
+                    pages.close()
+                    pages = None
+        finally:
+            if pages is not None:
+                pages.close()
 
     async def fetch_page(
         self, resource: str, continue_token: str, deadline: float, page: int = 1
@@ -252,6 +277,73 @@ class KubeClient:
             raise UpstreamError("reset", f"request failed: {_reason(e)}") from None
         except OSError as e:
             raise UpstreamError("reset", f"request failed: {e.strerror or e}") from None
+
+
+class _Pages:
+    """The pages of one list from ``token`` on, fetched up to ``AHEAD`` pages ahead of
+    their reading. Each page's continue token is guessed from its tail as soon as it
+    arrives, so the next request goes out at once, not after this page's decode, which
+    may wait behind other clusters' work for the CPU: over a real network a page's round
+    trip then overlaps the work on the pages before it."""
+
+    def __init__(
+        self, client: KubeClient, resource: str, token: str, first: int, deadline: float
+    ) -> None:
+        self._queue: asyncio.Queue[tuple[Fetched, str] | BaseException] = asyncio.Queue(AHEAD)
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(client, resource, token, first, deadline)
+        )
+
+    async def _run(
+        self, client: KubeClient, resource: str, token: str, n: int, deadline: float
+    ) -> None:
+        last = client.settings.max_pages
+        try:
+            while True:
+                fetched = await client.fetch_page(resource, token, deadline, n)
+                token = peek_continue(fetched.body)
+                await self._queue.put((fetched, token))
+                if not token or n >= last:
+                    return
+                n += 1
+        except Exception as e:  # handed to the reader, who raises it
+            await self._queue.put(e)
+
+    async def next(self) -> tuple[Fetched, str]:
+        """The next page, and the token guessed for the page after it."""
+        if self._queue.empty() and self._task.done():  # a reader bug, not a hang
+            raise RuntimeError("the page feed ended before the list did")
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+class _ListMeta(msgspec.Struct):
+    continue_: str | None = msgspec.field(default=None, name="continue")
+
+
+_LIST_META = msgspec.json.Decoder(_ListMeta)
+_META_KEY = b'"metadata":'
+
+
+def peek_continue(body: bytes | bytearray) -> str:
+    """A page's continue token, guessed without decoding the items. kube-apiserver writes
+    list keys in sorted order (``apiVersion, items, kind, metadata``), so the list's
+    ``metadata`` is the body's last object. A guess: ``""`` when the tail does not look
+    like that; the reader's decode has the truth."""
+    at = body.rfind(_META_KEY, max(0, len(body) - 64 * 1024))
+    end = body.rfind(b"}")
+    if at < 0 or end < at:
+        return ""
+    try:
+        meta = _LIST_META.decode(memoryview(body)[at + len(_META_KEY) : end])
+    except msgspec.DecodeError:
+        return ""
+    return meta.continue_ or ""
 
 
 def _encoding(resp: aiohttp.ClientResponse) -> str:

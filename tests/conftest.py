@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet_exporter.app import create_app
 from fleet_exporter.fleet import Fleet
+from fleet_exporter.web.app import create_app
 from simulator.fleet import ClusterSpec
 from simulator.server import SimulatedFleet
 

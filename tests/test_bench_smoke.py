@@ -16,9 +16,9 @@ import pytest
 
 import bench
 from bench import common, driver
-from fleet_exporter import probe
-from fleet_exporter.longhorn import to_number
-from fleet_exporter.metrics import Family, encode
+from fleet_exporter import exposition, knobs, prober, scheduling
+from fleet_exporter.exposition import Family, encode
+from fleet_exporter.longhorn.wire import to_number
 
 
 @pytest.mark.slow
@@ -113,7 +113,7 @@ def test_fit_and_percentile():
 @pytest.mark.parametrize("size", [0, 1, 300, 0xFFFF, 0x10000, 200_000])
 def test_stored_gzip_members_round_trip(size):
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    member = probe.stored_gzip(data)
+    member = exposition.stored_gzip(data)
     assert gzip.decompress(member) == data
     assert zlib.decompress(member, wbits=31) == data
 
@@ -125,8 +125,8 @@ async def test_rendered_body_is_the_encoding_in_both_formats():
         Family("c_info", "gauge", "more", ("volume", "node"), [(("v1", 'n"\\'), 1.0)]),
         Family("d_help", "gauge", 'quotes "here"', (), [((), 0.0)]),
     ]
-    rendered = probe.render(families, "c-1")
-    refresh = probe.Refresh("c-1", True, 1.0, 1.0, 0.0, 0.0, 0.0, None, [], {}, None, rendered)
+    rendered = exposition.render(families, "c-1")
+    refresh = prober.Refresh("c-1", True, 1.0, 1.0, 0.0, 0.0, 0.0, None, [], {}, None, rendered)
     for openmetrics in (False, True):
         expected = encode(families, "c-1", openmetrics=openmetrics, eof=False)
         members = rendered.openmetrics if openmetrics else rendered.text
@@ -147,15 +147,15 @@ async def test_cpu_turn_takes_turns_and_survives_errors_and_cancellation():
     def steps(name: str, n: int, fail: bool = False):
         for i in range(n):
             order.append(f"{name}{i}")
-            time.sleep(probe.SLICE)  # each step uses up a whole slice
+            time.sleep(knobs.SLICE)  # each step uses up a whole slice
             yield
         if fail:
             raise ValueError(name)
         return name
 
-    a = asyncio.create_task(probe.run_sliced(steps("a", 3)))
-    b = asyncio.create_task(probe.run_sliced(steps("b", 3, fail=True)))
-    c = asyncio.create_task(probe.run_sliced(steps("c", 3)))
+    a = asyncio.create_task(scheduling.run_sliced(steps("a", 3)))
+    b = asyncio.create_task(scheduling.run_sliced(steps("b", 3, fail=True)))
+    c = asyncio.create_task(scheduling.run_sliced(steps("c", 3)))
     await asyncio.sleep(0)
     c.cancel()
     assert await asyncio.wait_for(a, 5) == "a"
@@ -167,7 +167,7 @@ async def test_cpu_turn_takes_turns_and_survives_errors_and_cancellation():
     # asked, so it was queued first; then a and b alternate (c's cancelled turn skipped).
     assert order == ["a0", "a1", "b0", "a2", "b1", "b2"]
     # The turn is free again: a new computation runs at once.
-    assert await asyncio.wait_for(probe.run_sliced(steps("d", 1)), 1) == "d"
+    assert await asyncio.wait_for(scheduling.run_sliced(steps("d", 1)), 1) == "d"
 
 
 @pytest.mark.parametrize(

@@ -390,14 +390,14 @@ async def test_probes_keep_answering_while_clusters_change(env):
 async def test_an_unexpected_error_costs_only_that_clusters_probe(env, monkeypatch, caplog):
     import fleet_exporter.fleet as fleet_module
 
-    real = fleet_module.refresh_cluster
+    real = fleet_module.refresh
 
-    async def broken(rt, session, on_call):
-        if rt.name == "beta":
+    async def broken(target, session, on_call):
+        if target.name == "beta":
             raise KeyError("a field no Longhorn version ever had")
-        return await real(rt, session, on_call)
+        return await real(target, session, on_call)
 
-    monkeypatch.setattr(fleet_module, "refresh_cluster", broken)
+    monkeypatch.setattr(fleet_module, "refresh", broken)
     status, smp, _ = await env.probe("beta")
     assert (status, value(smp, "probe_success"), value(smp, "longhorn_up")) == (200, 0, 0)
     _, debug, _ = await env.get("/probe?cluster=beta&debug=true")
@@ -445,11 +445,11 @@ async def test_free_heap_pages_are_released_when_refreshes_go_idle(env, monkeypa
     import platform
 
     import fleet_exporter.fleet as fleet_module
-    from fleet_exporter import probe
+    from fleet_exporter import knobs
 
     if platform.libc_ver()[0] == "glibc":
-        assert probe._MALLOC_TRIM is not None  # found, so the release does something
-    probe.release_free_memory()
+        assert knobs._MALLOC_TRIM is not None  # found, so the release does something
+    knobs.release_free_memory()
     running: list[bool] = []
     monkeypatch.setattr(fleet_module, "TRIM_AFTER_BYTES", 1)
     monkeypatch.setattr(

@@ -14,19 +14,18 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet_exporter.longhorn import (
-    CORE_RESOURCES,
-    RESOURCES,
-    ClusterReducer,
-    ClusterState,
-    PageError,
-    SnapshotChurn,
-    parse_time,
-    peek_continue,
-    to_number,
-)
+from fleet_exporter.kube import peek_continue
+from fleet_exporter.longhorn import CORE_RESOURCES, RESOURCES
+from fleet_exporter.longhorn.churn import SnapshotChurn
+from fleet_exporter.longhorn.health import summarize
+from fleet_exporter.longhorn.records import ClusterState
+from fleet_exporter.longhorn.reduce import ClusterReducer
+from fleet_exporter.longhorn.triage import triage
+from fleet_exporter.longhorn.wire import PageError, parse_time, to_number
 from simulator.fleet import ClusterSpec
 from simulator.objects import build_cluster
+
+from .steps import add_page, finish
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 NOW = parse_time("2026-07-10T00:00:00Z")
@@ -204,9 +203,9 @@ def reduce_objects(
 ) -> ClusterState:
     reducer = ClusterReducer(now=NOW)
     for resource, items in objects.items():
-        info = reducer.add_page(resource, page(items))
+        info = add_page(reducer, resource, page(items))
         assert info.malformed == 0, resource
-    return reducer.finish(complete)
+    return finish(reducer, complete)
 
 
 def reduce_simulated(
@@ -223,11 +222,11 @@ def reduce_simulated(
         for resource in RESOURCES:
             items = objects.items[resource]
             infos = [
-                reducer.add_page(resource, page(items[start : start + 500]))
+                add_page(reducer, resource, page(items[start : start + 500]))
                 for start in range(0, max(len(items), 1), 500)
             ]
             listed[resource] = (sum(i.items for i in infos), sum(i.malformed for i in infos))
-        state = reducer.finish(complete)
+        state = finish(reducer, complete)
         churn.update(state)
     return state, churn, listed
 
@@ -348,16 +347,16 @@ def test_example_v1beta1_backup_target_map_conditions() -> None:
 
 def test_page_info_and_pagination_metadata() -> None:
     reducer = ClusterReducer(now=NOW)
-    info = reducer.add_page("volumes", page([volume("a"), volume("b")], cont="tok-1", rv="77"))
+    info = add_page(reducer, "volumes", page([volume("a"), volume("b")], cont="tok-1", rv="77"))
     assert (info.items, info.malformed, info.continue_token, info.resource_version) == (
         2,
         0,
         "tok-1",
         "77",
     )
-    info = reducer.add_page("volumes", page([volume("c")]))
+    info = add_page(reducer, "volumes", page([volume("c")]))
     assert (info.items, info.continue_token) == (1, "")
-    assert list(reducer.finish(ALL).volumes) == ["a", "b", "c"]
+    assert list(finish(reducer, ALL).volumes) == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize(
@@ -382,7 +381,7 @@ def test_peek_continue_guesses_from_the_tail(body: bytes, guess: str) -> None:
     assert peek_continue(body) == guess
     assert peek_continue(bytearray(body)) == guess
     if guess:
-        assert ClusterReducer().add_page("volumes", body).continue_token == guess
+        assert add_page(ClusterReducer(), "volumes", body).continue_token == guess
 
 
 def test_malformed_object_costs_only_itself() -> None:
@@ -392,11 +391,11 @@ def test_malformed_object_costs_only_itself() -> None:
     bad_conditions["status"]["conditions"] = "x"
     nameless = volume("")
     reducer = ClusterReducer(now=NOW)
-    info = reducer.add_page(
-        "volumes", page([volume("a"), bad_type, volume("b"), bad_conditions, nameless, 7])
+    info = add_page(
+        reducer, "volumes", page([volume("a"), bad_type, volume("b"), bad_conditions, nameless, 7])
     )
     assert (info.items, info.malformed) == (2, 4)
-    assert list(reducer.finish(ALL).volumes) == ["a", "b"]
+    assert list(finish(reducer, ALL).volumes) == ["a", "b"]
 
 
 @pytest.mark.parametrize(
@@ -413,16 +412,16 @@ def test_malformed_object_costs_only_itself() -> None:
 )
 def test_page_that_is_not_a_list(body: bytes, reason: str) -> None:
     with pytest.raises(PageError, match=reason) as info:
-        ClusterReducer().add_page("volumes", body)
+        add_page(ClusterReducer(), "volumes", body)
     assert isinstance(info.value, ValueError)
     assert "\n" not in str(info.value)
 
 
 def test_items_null_is_an_empty_page_and_unknown_resource_is_rejected() -> None:
     reducer = ClusterReducer()
-    assert reducer.add_page("volumes", b'{"kind":"VolumeList","items":null}').items == 0
+    assert add_page(reducer, "volumes", b'{"kind":"VolumeList","items":null}').items == 0
     with pytest.raises(ValueError, match="unknown Longhorn resource 'pods'"):
-        reducer.add_page("pods", page([]))
+        add_page(reducer, "pods", page([]))
 
 
 @pytest.mark.parametrize(
@@ -780,7 +779,7 @@ def test_summary_exact() -> None:
             "settings": settings,
         }
     )
-    s = state.summary()
+    s = summarize(state)
     assert s.longhorn_version == "v1.10.1"
     assert (s.volumes, s.volumes_unhealthy) == (4, 2)
     assert s.volumes_by_robustness == {"unknown": 1, "healthy": 1, "degraded": 1, "faulted": 1}
@@ -789,10 +788,10 @@ def test_summary_exact() -> None:
     # bad: last success 47 h ago; old: 9 days; good: 3 h 50 min; never: no backup at all.
     assert (s.backups_failing, s.backups_overdue, s.volumes_never_backed_up) == (1, 2, 1)
     assert (s.nodes, s.nodes_not_ready, s.disks_with_trouble) == (2, 1, 1)
-    assert state.summary(overdue_after=3600).backups_overdue == 3
+    assert summarize(state, overdue_after=3600).backups_overdue == 3
     assert state.settings == {"current-longhorn-version": "v1.10.1", "backup-target": ""}
     partial = reduce_objects({"volumes": [volume("a")]}, frozenset({"volumes", "nodes"}))
-    s = partial.summary()
+    s = summarize(partial)
     assert (s.replicas_missing, s.backups_failing, s.backups_overdue, s.longhorn_version) == (
         None,
         None,
@@ -841,7 +840,7 @@ def test_triage_lists_trouble_with_untrusted_strings_verbatim() -> None:
             ],
         }
     )
-    t = state.triage()
+    t = triage(state)
     assert json.loads(json.dumps(t)) == t  # JSON-ready
     (v,) = t["volumes"]
     assert v["name"] == HOSTILE and v["owner_node"] == HOSTILE

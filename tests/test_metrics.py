@@ -14,9 +14,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet_exporter.longhorn import ClusterState, SnapshotChurn, parse_time
-from fleet_exporter.metrics import Family, encode, longhorn_families
+from fleet_exporter.exposition import Family, encode
+from fleet_exporter.longhorn.churn import SnapshotChurn
+from fleet_exporter.longhorn.health import summarize
+from fleet_exporter.longhorn.records import ClusterState
+from fleet_exporter.longhorn.triage import triage
+from fleet_exporter.longhorn.wire import parse_time
 from simulator.fleet import ClusterSpec
+from tests.steps import add_page, drain, families, finish
 from tests.test_longhorn import (
     ALL,
     BACKUP_COUNTS,
@@ -152,7 +157,7 @@ def render(state: ClusterState, churn: SnapshotChurn | None = None, cluster: str
     if churn is None:
         churn = SnapshotChurn()
         churn.update(state)
-    text = encode(longhorn_families(state, churn), cluster).decode()
+    text = encode(families(state, churn), cluster).decode()
     out: Samples = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -457,8 +462,8 @@ def test_hostile_names_round_trip() -> None:
     )
     assert series(s, "longhorn_disk_capacity_bytes", node=HOSTILE, disk=HOSTILE) == 491106525184
     assert series(s, "longhorn_version_info", version=HOSTILE) == 1
-    families = longhorn_families(state, SnapshotChurn())
-    assert_same_as_prometheus_client(families, HOSTILE)
+    built = families(state, SnapshotChurn())
+    assert_same_as_prometheus_client(built, HOSTILE)
 
 
 def test_recurring_jobs() -> None:
@@ -529,7 +534,7 @@ def test_cardinality_formula_on_a_simulated_cluster() -> None:
         hostile_names=True,
     )
     state, churn, _ = reduce_simulated(spec)
-    count = sum(len(f.samples) for f in longhorn_families(state, churn))
+    count = sum(len(f.samples) for f in families(state, churn))
     bound, absent = expected_series(state)
     assert count == bound - absent
     assert absent < bound // 10
@@ -542,8 +547,8 @@ def test_churn_counters_need_an_update() -> None:
     churn = SnapshotChurn()
     assert "longhorn_volume_snapshots_created_total" not in names(render(state, churn))
     churn.update(state)
-    first = encode(longhorn_families(state, churn), "c")
-    assert first == encode(longhorn_families(state, churn), "c")
+    first = encode(families(state, churn), "c")
+    assert first == encode(families(state, churn), "c")
     assert b"longhorn_volume_snapshots_created_total{" in first
 
 
@@ -555,8 +560,9 @@ def test_groups_joined_in_any_order_give_the_same_metrics(missing: set[str]) -> 
     """A refresh joins and builds each group of lists (``JOINS``) as soon as its lists
     end, in whatever order that is. Joined last group first, the families, the summary
     and the triage view are those of one join of everything."""
-    from fleet_exporter.longhorn import JOINS, RESOURCES, ClusterReducer, drain
-    from fleet_exporter.metrics import building_group
+    from fleet_exporter.longhorn import JOINS, RESOURCES
+    from fleet_exporter.longhorn.catalogue import building_group
+    from fleet_exporter.longhorn.reduce import ClusterReducer
     from simulator.objects import build_cluster
     from tests.test_longhorn import NOW, page
 
@@ -577,13 +583,13 @@ def test_groups_joined_in_any_order_give_the_same_metrics(missing: set[str]) -> 
     def reducer() -> ClusterReducer:
         r = ClusterReducer(now=NOW)
         for resource in RESOURCES:
-            r.add_page(resource, page(objects.items[resource]))
+            add_page(r, resource, page(objects.items[resource]))
         return r
 
     whole_churn, staged_churn = SnapshotChurn(), SnapshotChurn()
-    whole = reducer().finish(complete)
+    whole = finish(reducer(), complete)
     whole_churn.update(whole)
-    expected = longhorn_families(whole, whole_churn)
+    expected = families(whole, whole_churn)
 
     staged = reducer()
     built: dict[str, list[Family]] = {}
@@ -593,6 +599,6 @@ def test_groups_joined_in_any_order_give_the_same_metrics(missing: set[str]) -> 
         built[join.name] = drain(building_group(join, state, staged_churn))
     assert [f for join in JOINS for f in built[join.name]] == expected
     final = staged.state(complete)
-    assert final.summary() == whole.summary()
-    assert final.triage() == whole.triage()
+    assert summarize(final) == summarize(whole)
+    assert triage(final) == triage(whole)
     assert staged_churn.created == whole_churn.created

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from fleet_exporter.longhorn import RESOURCES, ClusterState, SnapshotChurn
-from fleet_exporter.metrics import VOLUME_LABELS, Family, longhorn_families
+from fleet_exporter.exposition import Family
+from fleet_exporter.longhorn import RESOURCES
+from fleet_exporter.longhorn.catalogue import VOLUME_LABELS
+from fleet_exporter.longhorn.churn import SnapshotChurn
+from fleet_exporter.longhorn.records import ClusterState
 from simulator.fleet import ClusterSpec
+from tests.steps import families
 from tests.test_longhorn import reduce_simulated
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
@@ -86,7 +90,7 @@ def every_path_state(complete: frozenset[str] = ALL) -> tuple[ClusterState, Snap
 
 def emitted(complete: frozenset[str] = ALL) -> dict[str, Family]:
     state, churn = every_path_state(complete)
-    return {f.name: f for f in longhorn_families(state, churn)}
+    return {f.name: f for f in families(state, churn)}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from urllib.parse import urljoin
 
 import pytest
 
-from fleet_exporter import pages, triage
+from fleet_exporter import terminal as triage
+from fleet_exporter.web import pages
 from simulator.fleet import ClusterSpec
 from simulator.objects import HOSTILE_NAMES, HOSTILE_NODE
 

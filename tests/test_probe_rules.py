@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
-from fleet_exporter.app import accepts_gzip, shard_of, wants_openmetrics
-from fleet_exporter.probe import probe_timeout
+from fleet_exporter.web.app import shard_of
+from fleet_exporter.web.probe import accepts_gzip, probe_timeout, wants_openmetrics
 
 # blackbox_exporter prober/handler_test.go TestComputeExternalTimeout, case for case:
 # (module timeout, X-Prometheus-Scrape-Timeout-Seconds, offset) -> probe timeout.

@@ -10,9 +10,10 @@ from collections import Counter
 
 import pytest
 
-from fleet_exporter.metrics import encode, longhorn_families
-from fleet_exporter.probe import ResourceResult, collection_families
+from fleet_exporter.exposition import encode
+from fleet_exporter.prober import ResourceResult, collection_families
 from simulator.fleet import ClusterSpec
+from tests.steps import families as longhorn_families
 from tests.test_longhorn import reduce_simulated
 
 ALLOWED = 'longhorn_node_count_total non-counter metrics should not have "_total" suffix'

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from fleet_exporter.slots import Slots
+from fleet_exporter.scheduling import Slots
 
 
 async def _order(size: int, arrivals: list[float], defer: bool = False) -> list[int]:

@@ -28,8 +28,8 @@ from aiohttp.test_utils import TestServer
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleet_exporter import webconfig
-from fleet_exporter.webconfig import RateLimit, TokenBucket, WebConfig, WebConfigError
+from fleet_exporter.web import webconfig
+from fleet_exporter.web.webconfig import RateLimit, TokenBucket, WebConfig, WebConfigError
 from simulator.tls import CertificateAuthority, KeyPair, client_context
 
 PASSWORD = "correct horse battery staple"

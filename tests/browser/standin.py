@@ -12,11 +12,15 @@ import time
 from pathlib import Path
 
 from fleet_exporter.config import ClusterConfig, Settings
+from fleet_exporter.exposition import render
 from fleet_exporter.fleet import ClusterRuntime, Fleet
-from fleet_exporter.longhorn import RESOURCES, ClusterReducer, ClusterState
-from fleet_exporter.probe import Refresh, ResourceResult, render
+from fleet_exporter.longhorn import RESOURCES
+from fleet_exporter.longhorn.records import ClusterState
+from fleet_exporter.longhorn.reduce import ClusterReducer
+from fleet_exporter.prober import Refresh, ResourceResult
 from simulator.fleet import ClusterSpec
 from simulator.objects import KINDS, build_cluster
+from tests.steps import add_page, finish
 
 
 def reduced_state(spec: ClusterSpec) -> ClusterState:
@@ -25,8 +29,8 @@ def reduced_state(spec: ClusterSpec) -> ClusterState:
     reducer = ClusterReducer()
     for plural in RESOURCES:
         page = {"kind": f"{KINDS[plural]}List", "items": objects.items.get(plural, [])}
-        reducer.add_page(plural, json.dumps(page).encode())
-    return reducer.finish(frozenset(RESOURCES))
+        add_page(reducer, plural, json.dumps(page).encode())
+    return finish(reducer, frozenset(RESOURCES))
 
 
 def refresh_of(name: str, state: ClusterState | None, error: str | None = None) -> Refresh:

@@ -27,11 +27,11 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .longhorn import parse_time
+from .longhorn.wire import parse_time
+from .units import DASH, ago, utc
 
 DEFAULT_URL = "http://localhost:9265"
 MAX_CELL = 60  # a column never gets wider than this; the last column takes what is left
-DASH = "\N{EN DASH}"
 
 
 class TriageError(Exception):
@@ -147,23 +147,6 @@ def table(
         return "  ".join(parts).rstrip()
 
     return [line([(h, None) for h in headers], header=True), *(line(r) for r in rows)]
-
-
-def ago(seconds: float | None) -> str:
-    if seconds is None:
-        return DASH
-    s = int(max(seconds, 0))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def utc(t: float | None) -> str:
-    return DASH if t is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
 
 
 STATUS_STYLE = {"down": "red", "broken": "red", "stale": "yellow", "unprobed": "dim", "up": "green"}

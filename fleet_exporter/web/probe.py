@@ -1,32 +1,34 @@
-"""The HTTP app: routes, parameter checks and response shapes; the work is elsewhere.
+"""``/probe``: one configured cluster's Longhorn metrics, the blackbox way.
 
-``/probe`` accepts only names of configured clusters, so the exporter can never be used
-to reach an address of the caller's choosing (the open-proxy complaint every probe-style
+Only names of configured clusters are accepted, so the exporter can never be used to
+reach an address of the caller's choosing (the open-proxy complaint every probe-style
 exporter gets). A failing cluster is an HTTP 200 with ``probe_success 0``: Prometheus'
-``up`` stays about the exporter itself, as with blackbox_exporter.
+``up`` stays about the exporter itself, as with blackbox_exporter. The answer is a small
+per-probe head (``probe_success``, durations, data age) in front of the refresh's
+rendered bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
-from prometheus_client.aiohttp import make_aiohttp_handler
 
-from . import pages
-from .config import CLUSTER_NAME, ConfigError
-from .fleet import FLEET, Fleet
-from .history import ProbeRecord, new_id
-from .metrics import encode
-from .probe import head_families, probe_log, probe_timeout, stored_gzip
+from ..config import CLUSTER_NAME
+from ..exposition import Family, encode, stored_gzip
+from ..fleet import FLEET
+from ..history import ProbeRecord, new_id
+from ..prober import Refresh
+from ..units import timestamp
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TIMEOUT = 120.0  # blackbox_exporter's, when Prometheus sends no scrape timeout
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -78,6 +80,38 @@ def _plain(status: int, text: str) -> web.Response:
 def _shown(value: str) -> str:
     """A caller-supplied value, safe to echo in a one-line plain-text error."""
     return repr(value[:64] + ("..." if len(value) > 64 else ""))
+
+
+def probe_timeout(header: str | None, module_timeout: float, offset: float) -> float:
+    """blackbox_exporter's rule (prober/handler.go getTimeout), case for case.
+
+    The scrape timeout Prometheus sends, less ``offset``; 120 s when absent or 0; capped by
+    the configured ``module_timeout``, which is not reduced by the offset. Raises
+    ValueError for a header that is not a finite number.
+    """
+    base = DEFAULT_TIMEOUT
+    if header is not None and header.strip():
+        base = float(header)
+        if not math.isfinite(base):
+            raise ValueError("not a finite number")
+    if base == 0:
+        base = DEFAULT_TIMEOUT
+    limit = base - offset
+    if 0 < module_timeout < limit or limit < 0:
+        return module_timeout
+    return limit
+
+
+class ProbeSlots:
+    """Probes in flight and their limit (a counter, not a semaphore: over the limit we
+    refuse at once instead of queueing behind slow clusters)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.busy = 0
+
+
+PROBE_SLOTS = web.AppKey("probe_slots", ProbeSlots)
 
 
 async def handle_probe(request: web.Request) -> web.Response:
@@ -175,107 +209,88 @@ class Parts(Payload):
         return b"".join(self._value).decode(encoding, errors)
 
 
-def shard_of(name: str, modulus: int) -> int:
-    """The shard Prometheus' ``hashmod`` relabel action puts ``name`` in."""
-    return int.from_bytes(hashlib.md5(name.encode()).digest()[8:], "big") % modulus  # noqa: S324
+def head_families(
+    success: bool, duration: float, timeout: float, refresh: Refresh | None
+) -> list[Family]:
+    """The per-probe part of the answer, in front of the refresh's rendered bytes."""
+    fams = [
+        Family(
+            "probe_success",
+            "gauge",
+            "1 when fresh-enough Longhorn data was served.",
+            (),
+            [((), 1.0 if success else 0.0)],
+        ),
+        Family(
+            "probe_duration_seconds",
+            "gauge",
+            "How long this probe took.",
+            (),
+            [((), duration)],
+        ),
+        Family(
+            "probe_timeout_seconds",
+            "gauge",
+            "The timeout this probe ran under.",
+            (),
+            [((), timeout)],
+        ),
+    ]
+    if refresh is None:
+        fams.append(
+            Family(
+                "longhorn_up",
+                "gauge",
+                "1 when the API server answered and served Longhorn's resources in the data "
+                "being served.",
+                (),
+                [((), 0.0)],
+            )
+        )
+    else:
+        fams.append(
+            Family(
+                "longhorn_exporter_data_age_seconds",
+                "gauge",
+                "Age of the data being served.",
+                (),
+                [((), round(refresh.age(), 3))],
+            )
+        )
+    return fams
 
 
-async def handle_targets(request: web.Request) -> web.Response:
-    """Prometheus HTTP service discovery: every configured cluster, one group each (so each
-    carries its own extra labels). ``?shard=i&of=n`` keeps one hashmod shard."""
-    fleet = request.app[FLEET]
-    shard, of = request.query.get("shard"), request.query.get("of")
-    if (shard is None) != (of is None):
-        return _plain(400, "shard= and of= go together")
-    names = sorted(fleet.clusters)
-    if shard is not None and of is not None:
-        try:
-            i, n = int(shard), int(of)
-            if n < 1 or not 0 <= i < n:
-                raise ValueError
-        except ValueError:
-            return _plain(400, "shard= and of= need whole numbers with 0 <= shard < of")
-        names = [c for c in names if shard_of(c, n) == i]
-    groups = [{"targets": [c], "labels": dict(fleet.clusters[c].config.labels)} for c in names]
-    return web.json_response(groups)
-
-
-async def handle_healthz(request: web.Request) -> web.Response:
-    return _plain(200, "Healthy")
-
-
-async def handle_ready(request: web.Request) -> web.Response:
-    fleet = request.app[FLEET]
-    if not fleet.ready:
-        return _plain(503, "loading clusters")
-    return _plain(200, f"Ready: {len(fleet.clusters)} clusters")
-
-
-async def handle_reload(request: web.Request) -> web.Response:
-    try:
-        result = await request.app[FLEET].reload()
-    except ConfigError as e:
-        return _plain(500, f"failed to reload config: {e}")
-    return _plain(
-        200,
-        f"reloaded: {len(result.added)} added, {len(result.removed)} removed, "
-        f"{len(result.changed)} changed, {len(result.unchanged)} unchanged, "
-        f"{len(result.broken)} broken",
-    )
-
-
-class _Slots:
-    """Probes in flight and their limit (a counter, not a semaphore: over the limit we
-    refuse at once instead of queueing behind slow clusters)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.busy = 0
-
-
-PROBE_SLOTS = web.AppKey("probe_slots", _Slots)
-
-
-@web.middleware
-async def security_headers(request: web.Request, handler):
-    response = await handler(request)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    return response
-
-
-MAX_BODY = 64 * 1024  # no endpoint takes a body; this is generous for POST /-/reload
-
-
-@web.middleware
-async def bounded_body(request: web.Request, handler):
-    """Refuse large bodies up front: aiohttp's ``client_max_size`` only applies when a
-    handler reads the body, and none of ours does."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _plain(413, f"request body too large (limit {MAX_BODY} bytes)")
-    return await handler(request)
-
-
-def create_app(fleet: Fleet) -> web.Application:
-    """Routes only. The fleet is started and closed with the app."""
-    app = web.Application(middlewares=[security_headers, bounded_body], client_max_size=MAX_BODY)
-    app[FLEET] = fleet
-    app[PROBE_SLOTS] = _Slots(200)
-
-    async def lifecycle(app: web.Application):
-        await fleet.start()
-        assert fleet.config is not None
-        app[PROBE_SLOTS].limit = fleet.config.server.max_concurrent_probes
-        yield
-        await fleet.close()
-
-    app.cleanup_ctx.append(lifecycle)
-    pages.setup(app)
-    app.router.add_get("/probe", handle_probe)
-    app.router.add_get("/metrics", make_aiohttp_handler(fleet.metrics.registry))
-    app.router.add_get("/targets", handle_targets)
-    app.router.add_get("/healthz", handle_healthz)
-    app.router.add_get("/-/healthy", handle_healthz)
-    app.router.add_get("/-/ready", handle_ready)
-    app.router.add_post("/-/reload", handle_reload)
-    return app
+def probe_log(
+    cluster: str,
+    started_at: float,
+    timeout: float,
+    header: str | None,
+    source: str,
+    refresh: Refresh | None,
+    success: bool,
+    duration: float,
+) -> str:
+    """What one probe did, for ``?debug=true`` and the triage page. Built only from
+    statuses, timings and error texts that were redacted where they were made."""
+    lines = [
+        f"Probe of cluster {cluster!r} started {timestamp(started_at)}",
+        f"Timeout {timeout:.2f}s (scrape timeout header: {header or 'absent'})",
+    ]
+    if source == "hit" and refresh is not None:
+        lines.append(f"Data: from cache, refreshed {refresh.age():.1f}s ago")
+    elif source == "miss":
+        lines.append("Data: refreshed for this probe")
+    elif source == "stale" and refresh is not None:
+        lines.append(
+            f"Data: STALE: the refresh did not finish within {timeout:.2f}s; serving the last "
+            f"good data, {refresh.age():.1f}s old (it goes on in the background)"
+        )
+    else:
+        lines.append(
+            f"Data: NONE: the refresh did not finish within {timeout:.2f}s and there is no "
+            "good data younger than max_staleness (it goes on in the background)"
+        )
+    if refresh is not None:
+        lines.append(refresh.log())
+    lines.append(f"Probe {'succeeded' if success else 'FAILED'} in {duration:.3f}s")
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Bounded concurrency where the longest job goes first.
+"""CPU turns: bounded concurrency where the longest job goes first.
 
 Prometheus scrapes every cluster at the same interval boundary, so every cold cluster's
 refresh wants to start at once, and the sweep ends when the longest one does. First come,
@@ -9,8 +9,10 @@ classic rule for finishing a batch of jobs early on a few workers) starts it at 
 keeps its chain of pages moving; the small clusters fill the gaps while it waits for the
 network.
 
-Two users: ``fleet`` bounds the refreshes running at once, ``probe`` hands out CPU turns
-(one CPU-heavy step per event-loop iteration across all refreshes).
+The refreshes' heavy steps (a page's decode and reduce, a slice of join or render) take
+CPU turns: one step per event-loop iteration across all refreshes, at most ``knobs.SLICE``
+seconds each, the longest refresh's first. Slicing alone did not bound an iteration:
+eight refreshes each ran their slice in the same one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+import time
+import weakref
+from collections.abc import AsyncIterator, Generator
+from typing import TypeVar
+
+from .knobs import SLICE
+
+R = TypeVar("R")
 
 
 class Slots:
@@ -71,3 +80,30 @@ class Slots:
                 granted.set_result(None)  # the slot passes on: still held
                 return
         self._held -= 1
+
+
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Slots] = weakref.WeakKeyDictionary()
+
+
+def cpu_turns() -> Slots:
+    """The running event loop's CPU turns (one holder at a time, handed on in the next
+    loop iteration so the loop serves its I/O in between)."""
+    loop = asyncio.get_running_loop()
+    turns = _TURNS.get(loop)
+    if turns is None:
+        turns = _TURNS[loop] = Slots(1, defer=True)
+    return turns
+
+
+async def run_sliced(steps: Generator[None, None, R], expected: float = 0.0) -> R:
+    """Run a stepwise computation on the event loop, ``SLICE`` seconds per CPU turn;
+    ``expected`` is how long the refresh it belongs to is likely to take."""
+    turns = cpu_turns()
+    while True:
+        async with turns.slot(expected):
+            until = time.perf_counter() + SLICE
+            while time.perf_counter() < until:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return done.value

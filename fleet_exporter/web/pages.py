@@ -38,7 +38,7 @@ JSON (keys are stable; times are Unix seconds, durations seconds, absent values 
   error}``), ``last_error`` (one line), ``incomplete`` (resources that did not list
   completely) and ``summary`` (``longhorn.ClusterSummary`` as a mapping, or null).
 - ``GET /api/clusters/NAME``: a ROW plus ``settings`` (``cache_ttl``, ``max_staleness``),
-  ``triage`` (``longhorn.ClusterState.triage()``, or null without data), ``resources``
+  ``triage`` (``longhorn.triage.triage()``, or null without data), ``resources``
   (per resource: ``ok, objects, malformed, pages, seconds, error``) and ``history`` (recent
   probes, newest first, each a ``last_probe`` object plus ``timeout_seconds`` and ``log``).
 """
@@ -61,13 +61,16 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
-from .config import CLUSTER_NAME
-from .fleet import FLEET, ClusterRuntime, Fleet
-from .history import ProbeRecord
-from .longhorn import DEFAULT_OVERDUE_AFTER, parse_time
-from .probe import Refresh
-from .triage import DASH, ago, utc
+from .. import __version__
+from ..config import CLUSTER_NAME
+from ..fleet import FLEET, ClusterRuntime, Fleet
+from ..history import ProbeRecord
+from ..longhorn.health import summarize
+from ..longhorn.records import DEFAULT_OVERDUE_AFTER
+from ..longhorn.triage import triage
+from ..longhorn.wire import parse_time
+from ..prober import Refresh
+from ..units import DASH, ago, utc
 
 STATUS_TEXT = {
     "up": "up",
@@ -83,7 +86,7 @@ CSP = (
     "frame-ancestors 'none'"
 )
 ERROR_CHARS = 300  # a one-line error in the overview; the triage page has the full text
-WEB = resources.files(__package__) / "web"
+WEB = resources.files(__package__)
 
 
 # --------------------------------------------------------------------------- data
@@ -105,7 +108,7 @@ class _Derived:
         if refresh is None or refresh.state is None:
             return None
         if refresh not in self._summary:
-            s = refresh.state.summary(DEFAULT_OVERDUE_AFTER)
+            s = summarize(refresh.state, DEFAULT_OVERDUE_AFTER)
             self._summary[refresh] = dataclasses.asdict(s)
         return self._summary[refresh]
 
@@ -113,7 +116,7 @@ class _Derived:
         if refresh is None or refresh.state is None:
             return None
         if refresh not in self._triage:
-            self._triage[refresh] = refresh.state.triage()
+            self._triage[refresh] = triage(refresh.state)
         return self._triage[refresh]
 
 

@@ -1,171 +1,21 @@
-"""Metric families, their exposition, and the Longhorn catalogue (docs/metrics.md).
+"""The Longhorn metric catalogue (docs/metrics.md): the families of one cluster state.
 
-Rendering is a hand-written string join rather than prometheus_client's
-``generate_latest``: about five times faster at 10k-100k series
-(python-implementation.md §3.2), and its output is byte-identical to prometheus_client's
-text 0.0.4 and OpenMetrics 1.0.0 encoders (asserted in tests/test_metrics.py), so
-label-value escaping and float formatting are exactly theirs: labels in name order,
-``\\``, ``"`` and newline escaped, non-ASCII passed through as UTF-8, floats as
-``floatToGoString``.
+Metrics derived from a resource that did not list completely are omitted, not zeroed.
+The families of each group of lists (``JOINS``) are built as soon as that group has been
+joined, in steps of ``STEP`` volumes or backups, so a refresh on the event loop lets other
+work run in between.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
-from operator import attrgetter, itemgetter
+from collections.abc import Generator, Iterator
+from operator import attrgetter
 
-from prometheus_client.utils import floatToGoString
-
-from .longhorn import (
-    BACKUP_STATES,
-    JOINS,
-    ROBUSTNESS,
-    STEP,
-    VOLUME_STATES,
-    ClusterState,
-    Join,
-    SnapshotChurn,
-    VolumeState,
-    drain,
-)
-
-
-@dataclass(slots=True)
-class Family:
-    """One metric family. ``cluster`` is not in ``labelnames``: the encoder prepends it to
-    every sample. A counter's ``name`` ends in ``_total`` (appended if missing)."""
-
-    name: str
-    type: str  # "gauge" | "counter"
-    help: str
-    labelnames: tuple[str, ...]
-    samples: list[tuple[tuple[str, ...], float]]
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return value
-
-
-def encode(
-    families: Iterable[Family], cluster: str, *, openmetrics: bool = False, eof: bool = True
-) -> bytes:
-    """Text format 0.0.4, or OpenMetrics 1.0.0 (with ``# EOF`` unless ``eof=False``, for a
-    caller that appends more families and the EOF itself). Every sample gets
-    ``cluster="<cluster>"``."""
-    out: list[str] = []
-    for part in encode_parts(families, cluster):
-        out.append(part.openmetrics_meta if openmetrics else part.text_meta)
-        out.append(part.samples)
-    if openmetrics and eof:
-        out.append("# EOF\n")
-    return "".join(out).encode("utf-8")
-
-
-@dataclass(slots=True, frozen=True)
-class EncodedFamily:
-    """One family, encoded. Only the ``# HELP``/``# TYPE`` lines differ between the two
-    formats; the sample lines are the same, so a caller can encode (and compress) them
-    once and serve either format."""
-
-    text_meta: str
-    openmetrics_meta: str
-    samples: str
-
-
-def encode_parts(
-    families: Iterable[Family], cluster: str, chunk: int = 0
-) -> Iterator[EncodedFamily]:
-    """Each family encoded in turn (see ``EncodedFamily``), so a caller can compress
-    family by family instead of holding the whole exposition. With ``chunk``, a family
-    with more samples comes in several parts of at most ``chunk`` samples, the later ones
-    with empty metadata, so each step of the caller stays short."""
-    cluster_value = _escape(cluster).replace("%", "%%")
-    numbers: dict[float, str] = {}
-    # Label blocks ("{cluster=...,volume=...}") by label names, then by values: a
-    # volume's block recurs in every per-volume family, formatted and escaped once.
-    blocks: dict[tuple[str, ...], dict[tuple[str, ...], str]] = {}
-    for fam in families:
-        if fam.type not in ("gauge", "counter"):
-            raise ValueError(f"family {fam.name}: unsupported type {fam.type!r}")
-        block_cache = blocks.setdefault(fam.labelnames, {})
-        size = chunk or len(fam.samples) or 1
-        for start in range(0, max(len(fam.samples), 1), size):
-            samples = fam.samples[start : start + size] if chunk else fam.samples
-            text = _samples(fam, samples, cluster_value, numbers, block_cache)
-            if start:
-                yield EncodedFamily("", "", text)
-            else:
-                yield EncodedFamily(
-                    _meta(fam, openmetrics=False), _meta(fam, openmetrics=True), text
-                )
-
-
-def _meta(fam: Family, *, openmetrics: bool) -> str:
-    name = fam.name
-    if fam.type == "counter":
-        base = fam.name.removesuffix("_total")
-        name = base if openmetrics else base + "_total"
-    help_ = fam.help.replace("\\", "\\\\").replace("\n", "\\n")
-    if openmetrics:
-        help_ = help_.replace('"', '\\"')
-    return f"# HELP {name} {help_}\n# TYPE {name} {fam.type}\n"
-
-
-def _samples(
-    fam: Family,
-    samples: list[tuple[tuple[str, ...], float]],
-    cluster_value: str,
-    numbers: dict[float, str],
-    blocks: dict[tuple[str, ...], str],
-) -> str:
-    sample_name = fam.name
-    if fam.type == "counter":
-        sample_name = fam.name.removesuffix("_total") + "_total"
-    # prometheus_client writes labels sorted by name; precompute one %-template per
-    # family with the cluster value in place, and the order to pick the values in.
-    names = ("cluster", *fam.labelnames)
-    order = sorted(range(len(names)), key=names.__getitem__)
-    slots = [f'{names[i]}="{cluster_value}"' if i == 0 else f'{names[i]}="%s"' for i in order]
-    template = f"{{{','.join(slots)}}}"
-    picks = [i - 1 for i in order if i]
-    pick: Callable[[tuple[str, ...]], tuple[str, ...]]
-    if not picks:
-        pick = _no_labels
-    elif len(picks) == 1:
-        only = picks[0]
-        pick = lambda values, only=only: (values[only],)  # noqa: E731
-    else:
-        pick = itemgetter(*picks)
-    width = len(fam.labelnames)
-    out = []
-    block_of, number_of = blocks.get, numbers.get
-    for values, value in samples:
-        block = block_of(values)
-        if block is None:
-            if len(values) != width:
-                raise ValueError(
-                    f"family {fam.name}: {len(values)} label values for {width} label names"
-                )
-            picked = pick(values)
-            joined = "".join(picked)  # one scan instead of an _escape call per value
-            if "\\" in joined or '"' in joined or "\n" in joined:
-                picked = tuple(map(_escape, picked))
-            block = blocks[values] = template % picked
-        text = number_of(value)
-        if text is None:
-            text = numbers[value] = floatToGoString(value)
-        out.append(f"{sample_name}{block} {text}\n")
-    return "".join(out)
-
-
-def _no_labels(values: tuple[str, ...]) -> tuple[str, ...]:
-    return ()
-
-
-# --------------------------------------------------------------------------- catalogue
+from ..exposition import Family
+from ..knobs import STEP
+from . import Join
+from .churn import SnapshotChurn
+from .records import BACKUP_STATES, ROBUSTNESS, VOLUME_STATES, ClusterState, VolumeState
 
 VOLUME_LABELS = ("volume", "pvc", "pvc_namespace", "node")
 BACKUP_LABELS = ("volume", "backup_target")
@@ -184,24 +34,6 @@ class _Families:
 
     def done(self) -> list[Family]:
         return [f for f in self.families if f.samples]
-
-
-def longhorn_families(state: ClusterState, churn: SnapshotChurn) -> list[Family]:
-    """Every Longhorn metric of docs/metrics.md (all but the probe/collection section and
-    the exporter's own). Metrics derived from a resource that did not list completely are
-    omitted, not zeroed. Does not change ``churn``: the caller updates it first."""
-    return drain(building_families(state, churn))
-
-
-def building_families(
-    state: ClusterState, churn: SnapshotChurn
-) -> Generator[None, None, list[Family]]:
-    """``longhorn_families`` in steps (a yield every ``STEP`` volumes or backups), for a
-    caller on an event loop that lets other work run in between."""
-    families: list[Family] = []
-    for join in JOINS:
-        families += yield from building_group(join, state, churn)
-    return families
 
 
 def building_group(

@@ -1,0 +1,307 @@
+"""What one refresh knows about a cluster: small records reduced from the wire objects,
+and the ``ClusterState`` that the metrics, the pages and the CLI read.
+
+The records are msgspec Structs with ``gc=False``: plain acyclic data, so the garbage
+collector does not track them (a 2,000-volume cluster holds ~100k of them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from . import wire
+from .wire import clip_text, parse_time, to_number
+
+VOLUME_STATES: tuple[str, ...] = (
+    "creating",
+    "attached",
+    "detached",
+    "attaching",
+    "detaching",
+    "deleting",
+)
+ROBUSTNESS: tuple[str, ...] = ("unknown", "healthy", "degraded", "faulted")
+# Backup.status.state; "" (a backup not yet picked up) is reported as "New", as Longhorn's
+# own exporter names it, and a value outside this set as "Unknown".
+BACKUP_STATES: tuple[str, ...] = (
+    "New",
+    "Pending",
+    "InProgress",
+    "Completed",
+    "Error",
+    "Unknown",
+    "Deleting",
+)
+_BACKUP_STATE = {"": "New", **{s: s for s in BACKUP_STATES}}  # raw -> constant
+BACKUP_IN_PROGRESS = frozenset({"New", "Pending", "InProgress"})
+DEFAULT_BACKUP_TARGET = "default"  # the only target before v1.8, and the default after
+VERSION_SETTING = "current-longhorn-version"
+# Settings the triage page shows; everything else is dropped at decode time.
+TRIAGE_SETTINGS = frozenset(
+    {
+        VERSION_SETTING,
+        "default-replica-count",
+        "snapshot-max-count",
+        "storage-over-provisioning-percentage",
+        "storage-minimal-available-percentage",
+        "backup-target",
+    }
+)
+DEFAULT_OVERDUE_AFTER = 26 * 3600.0  # a daily backup, plus slack for a slow run
+
+
+class _Rec(msgspec.Struct, gc=False):
+    """Base of the reduced records: plain acyclic data, so the garbage collector does not
+    track them. A 2,000-volume cluster holds ~100k of them; as tracked dataclasses every
+    full collection walked them all, a pause of tens of ms for every probe on the loop
+    (bench/README.md)."""
+
+
+class Condition(_Rec, frozen=True):
+    type: str
+    status: str  # "True" | "False" | "Unknown", verbatim
+    reason: str
+    message: str
+
+    @property
+    def true(self) -> bool:
+        return self.status == "True"
+
+
+def condition(conds: tuple[Condition, ...], ctype: str) -> Condition | None:
+    for c in conds:
+        if c.type == ctype:
+            return c
+    return None
+
+
+# --------------------------------------------------------------------------- records
+
+
+class ReplicaView(_Rec):
+    """One replica as the triage page shows it: ``mode`` is the active engine's view."""
+
+    name: str
+    node: str
+    failed_at: str
+    state: str
+    active: bool
+    mode: str = ""
+    health: str = ""  # healthy | rebuilding | failed | unscheduled | "" (no mode: stopped)
+    rebuild_progress: float | None = None
+
+
+class EngineRec(_Rec):
+    name: str
+    node: str
+    active: bool
+    state: str
+    modes: dict[str, str]
+    addresses: dict[str, str]  # replica name -> "ip:port"
+    rebuilding: dict[str, float]  # "ip:port" -> progress 0..1, active rebuilds only
+    read_only: bool
+
+
+class SnapshotStats(_Rec):
+    """Snapshots of one volume, excluding ``volume-head`` and ``markRemoved`` ones."""
+
+    count: int = 0
+    size_bytes: float = 0.0
+    oldest: float | None = None
+    newest: float | None = None
+    removed: int = 0  # markRemoved, still in the chain (shown on the triage page)
+    # hash((name, creationTime)) of each counted snapshot, for churn: a set while pages
+    # arrive (duplicates are ignored), then sorted int64s as bytes (8 bytes per snapshot
+    # instead of ~100 in a set, and bytes need no GC tracking, unlike an array).
+    ids: set[int] | bytes = msgspec.field(default_factory=set)
+
+    def add(self, ident: int, size: float | None, created: float | None) -> None:
+        assert isinstance(self.ids, set), "snapshot stats are frozen after finish()"
+        if ident in self.ids:
+            return
+        self.ids.add(ident)
+        self.count += 1
+        self.size_bytes += size or 0.0
+        if created is not None:
+            self.oldest = created if self.oldest is None else min(self.oldest, created)
+            self.newest = created if self.newest is None else max(self.newest, created)
+
+
+class BackupStats(_Rec):
+    """Backups of one (volume, backup target) pair.
+
+    ``last_success`` is ``backupCreatedAt`` (upload finished) of the newest Completed
+    backup, falling back to its ``creationTimestamp`` if the field is empty; ``last_size``
+    and ``last_uploaded`` belong to that backup. ``last_latency`` is ``backupCreatedAt -
+    metadata.creationTimestamp`` of the newest Completed backup *created in this cluster*
+    (``creationTimestamp <= backupCreatedAt``); a backup synced from the target gets its
+    Backup object at sync time, after the upload finished, so it has no latency here.
+    ``newest_*`` is the newest backup in any state, ordered by ``backupCreatedAt`` or, when
+    that is empty (failed and running backups), ``creationTimestamp``."""
+
+    counts: dict[str, int] = msgspec.field(default_factory=lambda: dict.fromkeys(BACKUP_STATES, 0))
+    last_success: float | None = None
+    last_success_name: str = ""
+    last_size: float | None = None
+    last_uploaded: float | None = None
+    last_local: float | None = None
+    last_latency: float | None = None
+    oldest_in_progress: float | None = None
+    newest_key: tuple[float, str] | None = None
+    newest_state: str = ""
+    newest_error: str = ""
+
+    def add(self, name: str, st: wire.BackupStatus, created: float | None) -> None:
+        state = _BACKUP_STATE.get(st.state, "Unknown")
+        self.counts[state] += 1
+        done = parse_time(st.backup_created_at)
+        when = done if done is not None else created
+        if when is not None and (self.newest_key is None or (when, name) > self.newest_key):
+            self.newest_key = (when, name)
+            self.newest_state, self.newest_error = state, clip_text(st.error)
+        if (
+            state in BACKUP_IN_PROGRESS
+            and created is not None
+            and (self.oldest_in_progress is None or created < self.oldest_in_progress)
+        ):
+            self.oldest_in_progress = created
+        if state != "Completed" or when is None:
+            return
+        if self.last_success is None or when > self.last_success:
+            self.last_success, self.last_success_name = when, name
+            self.last_size = to_number(st.size)
+            self.last_uploaded = to_number(st.newly_upload_data_size)
+        local = done is not None and created is not None and created <= done
+        if local and (self.last_local is None or done > self.last_local):
+            self.last_local, self.last_latency = done, done - created
+
+
+class BackupVolumeState(_Rec, frozen=True):
+    last_backup_at: float | None
+    last_backup_name: str
+
+
+class BackupTargetState(_Rec, frozen=True):
+    name: str
+    available: bool
+    last_synced: float | None
+    poll_interval: str
+    conditions: tuple[Condition, ...]
+
+
+class DiskState(_Rec, frozen=True):
+    name: str
+    path: str
+    capacity: float
+    available: float
+    scheduled: float
+    reserved: float
+    conditions: tuple[Condition, ...]
+
+    @property
+    def usage(self) -> float:
+        return self.capacity - self.available
+
+    @property
+    def trouble(self) -> bool:
+        """Not Ready or not Schedulable (a missing condition counts as trouble)."""
+        return not all(
+            (c := condition(self.conditions, t)) is not None and c.true
+            for t in ("Ready", "Schedulable")
+        )
+
+
+class NodeState(_Rec, frozen=True):
+    name: str
+    allow_scheduling: bool
+    conditions: tuple[Condition, ...]
+    disks: tuple[DiskState, ...]
+
+    @property
+    def ready(self) -> bool:
+        c = condition(self.conditions, "Ready")
+        return c is not None and c.true
+
+    @property
+    def trouble(self) -> bool:
+        """Any node condition not True (all node conditions are True when fine), or a
+        disk in trouble."""
+        return (
+            any(not c.true for c in self.conditions)
+            or not self.ready
+            or any(d.trouble for d in self.disks)
+        )
+
+
+class RecurringJobState(_Rec, frozen=True):
+    name: str
+    task: str
+    groups: tuple[str, ...]
+    cron: str
+    retain: int
+    concurrency: int
+    executions: float
+
+
+class VolumeState(_Rec):
+    """One volume joined with what the other resources say about it. A field that
+    depends on a resource that did not list completely is None."""
+
+    name: str
+    pvc: str
+    pvc_namespace: str
+    node: str  # status.ownerID, as in Longhorn's own metrics
+    attached_node: str
+    state: str  # verbatim
+    robustness: str  # bucketed into ROBUSTNESS
+    frontend: str
+    data_engine: str
+    access_mode: str
+    data_locality: str
+    backup_target: str
+    number_of_replicas: int
+    capacity: float
+    actual_size: float
+    last_backup_at: float | None
+    last_degraded_at: float | None
+    conditions: tuple[Condition, ...]
+    # replicas
+    replicas: int | None = None
+    replicas_unscheduled: int | None = None
+    # replicas + engines
+    replicas_healthy: int | None = None
+    replicas_rebuilding: int | None = None
+    replicas_failed: int | None = None
+    replica_views: tuple[ReplicaView, ...] = ()
+    # engines
+    rebuild_progress: float | None = None  # None also when nothing is rebuilding
+    read_only: bool | None = None
+    # snapshots
+    snapshots: SnapshotStats | None = None
+    # backups: newest Completed backupCreatedAt over all targets; None = never
+    backup_last_success: float | None = None
+    healthy: bool | None = None
+
+
+@dataclass(slots=True)
+class ClusterState:
+    """Everything the metrics and the triage page need from one refresh."""
+
+    now: float
+    complete: frozenset[str]
+    volumes: dict[str, VolumeState]
+    backups: dict[tuple[str, str], BackupStats]
+    backup_volumes: dict[tuple[str, str], BackupVolumeState]
+    backup_targets: dict[str, BackupTargetState]
+    nodes: dict[str, NodeState]
+    recurring_jobs: dict[str, RecurringJobState]
+    settings: dict[str, str]
+
+    def has(self, *resources: str) -> bool:
+        return all(r in self.complete for r in resources)
+
+    @property
+    def longhorn_version(self) -> str | None:
+        return self.settings.get(VERSION_SETTING) or None

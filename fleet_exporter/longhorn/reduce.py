@@ -1,0 +1,388 @@
+"""Pages folded into records as they arrive, and the joins.
+
+A refresh lists ten resources, page by page. Each page is reduced at once into
+per-resource aggregates, so the raw page can be dropped and memory stays bounded page by
+page. The joins then put replicas, engines and volumes together by volume name, snapshots
+and backups by volume, backups by (volume, backup target), using only the resources that
+listed completely: a resource that failed midway is ignored entirely, so its metrics are
+omitted rather than wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..knobs import STEP
+from . import Join, wire
+from .health import count_replicas, volume_healthy
+from .records import (
+    DEFAULT_BACKUP_TARGET,
+    ROBUSTNESS,
+    TRIAGE_SETTINGS,
+    BackupStats,
+    BackupTargetState,
+    BackupVolumeState,
+    ClusterState,
+    Condition,
+    DiskState,
+    EngineRec,
+    NodeState,
+    RecurringJobState,
+    ReplicaView,
+    SnapshotStats,
+    VolumeState,
+    condition,
+)
+from .wire import clip_text, decode_page, intern, label_of, parse_time, to_number
+
+
+@dataclass(slots=True, frozen=True)
+class PageInfo:
+    """What one page held: objects reduced, objects skipped because they did not decode
+    (or had no name), and the list metadata needed to fetch the next page."""
+
+    items: int
+    malformed: int
+    continue_token: str
+    resource_version: str
+
+
+def _conditions(raw: wire.Conds) -> tuple[Condition, ...]:
+    """Normalise list- or map-shaped conditions; one per type (the last one wins)."""
+    if not raw:
+        return ()
+    pairs: Iterable[tuple[str, wire.Cond | None]]
+    pairs = raw.items() if isinstance(raw, dict) else (("", c) for c in raw)
+    out: dict[str, Condition] = {}
+    for key, c in pairs:
+        if c is None or not (c.type or key):
+            continue
+        ctype = c.type or key
+        # Metrics lowercase the type (as Longhorn's exporter does): dedupe on that.
+        out[ctype.lower()] = Condition(
+            intern(ctype), intern(c.status), intern(c.reason), clip_text(c.message)
+        )
+    return tuple(out.values())
+
+
+class ClusterReducer:
+    """Reduces list pages into small per-resource aggregates as they arrive, then joins
+    them. Not thread-safe; one reducer per refresh."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+        self._volumes: dict[str, VolumeState] = {}
+        self._replicas: dict[str, dict[str, ReplicaView]] = {}
+        self._engines: dict[str, dict[str, EngineRec]] = {}
+        self._snapshots: dict[str, SnapshotStats] = {}
+        self._backups: dict[tuple[str, str], BackupStats] = {}
+        self._backup_volumes: dict[tuple[str, str], BackupVolumeState] = {}
+        self._targets: dict[str, BackupTargetState] = {}
+        self._nodes: dict[str, NodeState] = {}
+        self._jobs: dict[str, RecurringJobState] = {}
+        self._settings: dict[str, str] = {}
+        self._volumes_sorted: dict[str, VolumeState] | None = None
+        self._backups_joined: dict[tuple[str, str], BackupStats] | None = None
+        self._reduce: dict[str, Callable[[Any], None]] = {
+            "volumes": self._volume,
+            "replicas": self._replica,
+            "engines": self._engine,
+            "snapshots": self._snapshot,
+            "backups": self._backup,
+            "backupvolumes": self._backup_volume,
+            "backuptargets": self._backup_target,
+            "nodes": self._node,
+            "recurringjobs": self._recurring_job,
+            "settings": self._setting,
+        }
+
+    def adding_page(
+        self, resource: str, body: bytes | bytearray
+    ) -> Generator[None, None, PageInfo]:
+        """Decode one page of ``resource`` and fold it in, in steps: the decode, then ``STEP``
+        objects at a time (a page of 500 engines is ~15 ms of work). Raises PageError for a
+        page that is not a List, ValueError for a resource not in RESOURCES."""
+        reduce = self._reduce.get(resource)
+        if reduce is None:
+            raise ValueError(f"unknown Longhorn resource {resource!r}")
+        items, malformed, meta = decode_page(resource, body)
+        good = 0
+        for i, obj in enumerate(items):
+            if i % STEP == STEP - 1:
+                yield
+            if obj.metadata is None or not obj.metadata.name:
+                malformed += 1  # an object without a name cannot be joined or labelled
+                continue
+            reduce(obj)
+            good += 1
+        return PageInfo(good, malformed, meta.continue_ or "", meta.resource_version or "")
+
+    # -- per resource: keep only what the metrics and the triage page need
+
+    def _volume(self, v: wire.Volume) -> None:
+        meta, spec, st = v.metadata, v.spec or wire.VolumeSpec(), v.status or wire.VolumeStatus()
+        assert meta is not None
+        kube = st.kubernetes_status or wire.KubeStatus()
+        robustness = st.robustness if st.robustness in ROBUSTNESS else "unknown"
+        desired = to_number(spec.number_of_replicas)
+        self._volumes[meta.name] = VolumeState(
+            name=meta.name,
+            pvc=kube.pvc_name,
+            pvc_namespace=intern(kube.namespace),
+            node=intern(st.owner_id),
+            attached_node=intern(st.current_node_id),
+            state=intern(st.state),
+            robustness=intern(robustness),
+            frontend=intern(spec.frontend),
+            data_engine=intern(spec.data_engine),
+            access_mode=intern(spec.access_mode),
+            data_locality=intern(spec.data_locality),
+            backup_target=intern(spec.backup_target_name or label_of(meta, "backup-target")),
+            number_of_replicas=int(desired) if desired is not None else 0,
+            capacity=to_number(spec.size) or 0.0,
+            actual_size=to_number(st.actual_size) or 0.0,
+            last_backup_at=parse_time(st.last_backup_at),
+            last_degraded_at=parse_time(st.last_degraded_at),
+            conditions=_conditions(st.conditions),
+        )
+
+    def _replica(self, r: wire.Replica) -> None:
+        meta, spec, st = r.metadata, r.spec or wire.ReplicaSpec(), r.status or wire.ReplicaStatus()
+        assert meta is not None
+        volume = spec.volume_name or label_of(meta, "longhornvolume")
+        self._replicas.setdefault(volume, {})[meta.name] = ReplicaView(
+            name=meta.name,
+            node=intern(spec.node_id),
+            failed_at=spec.failed_at or "",
+            state=intern(st.current_state),
+            active=spec.active is not False,  # absent on old versions: every replica counts
+        )
+
+    def _engine(self, e: wire.Engine) -> None:
+        meta, spec, st = e.metadata, e.spec or wire.EngineSpec(), e.status or wire.EngineStatus()
+        assert meta is not None
+        volume = spec.volume_name or label_of(meta, "longhornvolume")
+        rebuilding: dict[str, float] = {}
+        for addr, rs in (st.rebuild_status or {}).items():
+            if rs is not None and rs.is_rebuilding:
+                progress = to_number(rs.progress) or 0.0
+                rebuilding[addr.removeprefix("tcp://")] = min(max(progress / 100.0, 0.0), 1.0)
+        ro = condition(_conditions(st.conditions), "FilesystemReadOnly")
+        self._engines.setdefault(volume, {})[meta.name] = EngineRec(
+            name=meta.name,
+            node=spec.node_id,
+            active=spec.active is not False,
+            state=st.current_state,
+            modes={k: intern(v) for k, v in (st.replica_mode_map or {}).items()},
+            addresses=dict(st.current_replica_address_map or spec.replica_address_map or {}),
+            rebuilding=rebuilding,
+            read_only=ro is not None and ro.true,
+        )
+
+    def _snapshot(self, s: wire.Snapshot) -> None:
+        meta, spec, st = (
+            s.metadata,
+            s.spec or wire.SnapshotSpec(),
+            s.status or wire.SnapshotStatus(),
+        )
+        assert meta is not None
+        if meta.name == "volume-head":
+            return
+        volume = spec.volume or label_of(meta, "longhornvolume")
+        stats = self._snapshots.get(volume)
+        if stats is None:
+            stats = self._snapshots[volume] = SnapshotStats()
+        if st.mark_removed:
+            stats.removed += 1
+            return
+        ident = hash((meta.name, st.creation_time or ""))
+        stats.add(ident, to_number(st.size), parse_time(st.creation_time))
+
+    def _backup(self, b: wire.Backup) -> None:
+        meta, st = b.metadata, b.status or wire.BackupStatus()
+        assert meta is not None
+        volume = label_of(meta, "backup-volume") or st.volume_name
+        target = st.backup_target_name or label_of(meta, "backup-target") or DEFAULT_BACKUP_TARGET
+        stats = self._backups.get((volume, target))
+        if stats is None:
+            stats = self._backups[(volume, target)] = BackupStats()
+        stats.add(meta.name, st, parse_time(meta.creation_timestamp))
+
+    def _backup_volume(self, bv: wire.BackupVolume) -> None:
+        meta = bv.metadata
+        spec, st = bv.spec or wire.BackupVolumeSpec(), bv.status or wire.BackupVolumeStatus()
+        assert meta is not None
+        # Before v1.8 the CR was named after the volume; since then <volume>-<hash>.
+        volume = spec.volume_name or label_of(meta, "backup-volume") or meta.name
+        target = spec.backup_target_name or label_of(meta, "backup-target") or DEFAULT_BACKUP_TARGET
+        self._backup_volumes[(volume, target)] = BackupVolumeState(
+            parse_time(st.last_backup_at), st.last_backup_name
+        )
+
+    def _backup_target(self, t: wire.BackupTarget) -> None:
+        meta = t.metadata
+        spec, st = t.spec or wire.BackupTargetSpec(), t.status or wire.BackupTargetStatus()
+        assert meta is not None
+        self._targets[meta.name] = BackupTargetState(
+            name=meta.name,
+            available=bool(st.available),
+            last_synced=parse_time(st.last_synced_at),
+            poll_interval=spec.poll_interval,
+            conditions=_conditions(st.conditions),
+        )
+
+    def _node(self, n: wire.Node) -> None:
+        meta, spec, st = n.metadata, n.spec or wire.NodeSpec(), n.status or wire.NodeStatus()
+        assert meta is not None
+        disks: list[DiskState] = []
+        # As Longhorn's exporter: the disks configured in spec, with their status; none
+        # at all while the node has no disk status yet.
+        if st.disk_status is not None:
+            for name, dspec in sorted((spec.disks or {}).items()):
+                dspec = dspec or wire.DiskSpec()
+                dst = st.disk_status.get(name) or wire.DiskStatus()
+                disks.append(
+                    DiskState(
+                        name=name,
+                        path=dspec.path,
+                        capacity=to_number(dst.storage_maximum) or 0.0,
+                        available=to_number(dst.storage_available) or 0.0,
+                        scheduled=to_number(dst.storage_scheduled) or 0.0,
+                        reserved=to_number(dspec.storage_reserved) or 0.0,
+                        conditions=_conditions(dst.conditions),
+                    )
+                )
+        self._nodes[meta.name] = NodeState(
+            name=meta.name,
+            allow_scheduling=bool(spec.allow_scheduling),
+            conditions=_conditions(st.conditions),
+            disks=tuple(disks),
+        )
+
+    def _recurring_job(self, j: wire.RecurringJob) -> None:
+        meta = j.metadata
+        spec, st = j.spec or wire.RecurringJobSpec(), j.status or wire.RecurringJobStatus()
+        assert meta is not None
+        self._jobs[meta.name] = RecurringJobState(
+            name=meta.name,
+            task=spec.task,
+            groups=tuple(sorted(set(spec.groups or ()))),
+            cron=spec.cron,
+            retain=int(to_number(spec.retain) or 0),
+            concurrency=int(to_number(spec.concurrency) or 0),
+            executions=to_number(st.execution_count) or 0.0,
+        )
+
+    def _setting(self, s: wire.Setting) -> None:
+        assert s.metadata is not None
+        if s.metadata.name in TRIAGE_SETTINGS:
+            self._settings[s.metadata.name] = clip_text(s.value)
+
+    # -- join
+
+    def joining(self, join: Join, complete: frozenset[str]) -> Generator[None, None, ClusterState]:
+        """Join one group of lists (``complete``: those of ``join.lists`` that listed
+        completely) into the volumes, once all of them have ended, and return the state
+        that group's metrics need. Each join writes its own fields of the shared
+        ``VolumeState``s, so the groups can be joined in any order, while other lists are
+        still arriving; ``state`` then puts them together. In steps of ``STEP`` volumes."""
+        volumes = self._sorted_volumes() if "volumes" in complete else {}
+        backups: dict[tuple[str, str], BackupStats] = {}
+        if join.name == "volumes":
+            yield from self._join_replicas_engines(volumes, complete)
+        elif join.name == "snapshots" and "snapshots" in complete:
+            yield from self._join_snapshots(volumes)
+        elif join.name == "backups" and "backups" in complete:
+            backups = self._joined_backups(volumes)
+        return self._state(complete, volumes, backups)
+
+    def state(self, complete: frozenset[str]) -> ClusterState:
+        """Every joined group together (call ``joining`` for each of ``JOINS`` first)."""
+        volumes = self._sorted_volumes() if "volumes" in complete else {}
+        backups = (self._backups_joined or {}) if "backups" in complete else {}
+        return self._state(complete, volumes, backups)
+
+    def _sorted_volumes(self) -> dict[str, VolumeState]:
+        if self._volumes_sorted is None:
+            self._volumes_sorted = dict(sorted(self._volumes.items()))
+        return self._volumes_sorted
+
+    def _join_replicas_engines(
+        self, volumes: dict[str, VolumeState], complete: frozenset[str]
+    ) -> Iterator[None]:
+        with_replicas = "replicas" in complete
+        with_engines = "engines" in complete
+        for i, vs in enumerate(volumes.values()):
+            if i % STEP == STEP - 1:
+                yield
+            replicas = self._replicas.get(vs.name, {}) if with_replicas else None
+            engine = _pick_engine(self._engines.get(vs.name, {}), vs) if with_engines else None
+            if with_engines:
+                vs.read_only = engine is not None and engine.read_only
+                if engine is not None and engine.rebuilding:
+                    vs.rebuild_progress = min(engine.rebuilding.values())
+            if replicas is not None:
+                count_replicas(vs, replicas, engine, with_engines)
+            vs.healthy = volume_healthy(vs)
+
+    def _join_snapshots(self, volumes: dict[str, VolumeState]) -> Iterator[None]:
+        for i, vs in enumerate(volumes.values()):
+            if i % STEP == STEP - 1:
+                yield
+            snaps = vs.snapshots = self._snapshots.get(vs.name) or SnapshotStats()
+            if isinstance(snaps.ids, set):
+                snaps.ids = array("q", sorted(snaps.ids)).tobytes()
+
+    def _joined_backups(
+        self, volumes: dict[str, VolumeState]
+    ) -> dict[tuple[str, str], BackupStats]:
+        if self._backups_joined is None:
+            backups = {k: v for k, v in sorted(self._backups.items()) if k[0] in volumes}
+            for (volume, _), stats in backups.items():
+                vs = volumes[volume]
+                if stats.last_success is not None and (
+                    vs.backup_last_success is None or stats.last_success > vs.backup_last_success
+                ):
+                    vs.backup_last_success = stats.last_success
+            self._backups_joined = backups
+        return self._backups_joined
+
+    def _state(
+        self,
+        complete: frozenset[str],
+        volumes: dict[str, VolumeState],
+        backups: dict[tuple[str, str], BackupStats],
+    ) -> ClusterState:
+        return ClusterState(
+            now=self.now,
+            complete=frozenset(complete),
+            volumes=volumes,
+            backups=backups,
+            backup_volumes=(
+                {k: v for k, v in sorted(self._backup_volumes.items()) if k[0] in volumes}
+                if "backupvolumes" in complete
+                else {}
+            ),
+            backup_targets=(
+                dict(sorted(self._targets.items())) if "backuptargets" in complete else {}
+            ),
+            nodes=dict(sorted(self._nodes.items())) if "nodes" in complete else {},
+            recurring_jobs=(
+                dict(sorted(self._jobs.items())) if "recurringjobs" in complete else {}
+            ),
+            settings=dict(self._settings) if "settings" in complete else {},
+        )
+
+
+def _pick_engine(engines: dict[str, EngineRec], vs: VolumeState) -> EngineRec | None:
+    """The volume's active engine (``spec.active``); during a migration there can be two,
+    then the one on the attached node; ties broken by name so the choice is stable."""
+    if not engines:
+        return None
+    candidates = [e for e in engines.values() if e.active] or list(engines.values())
+    candidates.sort(key=lambda e: (e.node != vs.attached_node, e.name))
+    return candidates[0]
