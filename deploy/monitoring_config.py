@@ -13,6 +13,7 @@ so the template's comments reach the generated file.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,20 @@ def alert_rules_of(rules_text: str) -> list[dict[str, Any]]:
         for rule in group["rules"]
         if "alert" in rule
     ]
+
+
+def write_or_check(files: dict[Path, str], check: bool, script: str) -> int:
+    """Write `files` (path -> text), or with `check` only compare them with what is on
+    disk: 1, naming the stale files, when any differs; else 0."""
+    stale = []
+    for path, text in files.items():
+        if check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(path.name)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run {script}", file=sys.stderr)
+        return 1
+    return 0

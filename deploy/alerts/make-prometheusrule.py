@@ -122,18 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except (mc.ConfigError, OSError, yaml.YAMLError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    stale = []
-    for path, text in files.items():
-        if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(path.name)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-    if stale:
-        print(f"out of date: {', '.join(stale)}; run {Path(__file__).name}", file=sys.stderr)
-        return 1
-    return 0
+    return mc.write_or_check(files, args.check, Path(__file__).name)
 
 
 if __name__ == "__main__":
