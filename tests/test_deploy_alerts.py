@@ -371,11 +371,13 @@ def test_an_unreachable_cluster_mutes_only_its_own_alerts(tmp_path: Path) -> Non
         labels = {"alertname": name, "severity": severity}
         return labels | ({"cluster": cluster} if cluster else {})
 
+    # Volume alerts carry the PVC's namespace (routed to its team): inhibition still
+    # goes by cluster alone.
     clusters = [
         alert("LonghornClusterUnreachable", "east-1"),
-        alert("LonghornVolumeFaulted", "east-1", "critical"),
+        alert("LonghornVolumeFaulted", "east-1", "critical") | {"namespace": "db"},
         alert("LonghornDataStale", "east-1"),
-        alert("LonghornVolumeFaulted", "west-2", "critical"),
+        alert("LonghornVolumeFaulted", "west-2", "critical") | {"namespace": "db"},
         alert("LonghornFleetProbeFailing", "north-3"),
         alert("LonghornNodeNotReady", "north-3"),
     ]
