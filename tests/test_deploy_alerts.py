@@ -1,6 +1,8 @@
-"""deploy/alerts: the rules pass promtool's checks and unit tests, the PrometheusRule is
-the same rules, every alert follows the conventions and is tested both ways, and the
-example Alertmanager inhibit rules really mute a cluster's alerts (real Alertmanager)."""
+"""deploy/alerts: the rules pass promtool's checks and unit tests, the generated files are
+what the template and deploy/monitoring-config.yml give (and follow another config), every
+alert follows the conventions and is tested both ways, the runbook justifies each one, and
+the example Alertmanager config routes by namespace and really mutes a cluster's alerts
+(real Alertmanager)."""
 
 from __future__ import annotations
 
@@ -21,10 +23,13 @@ from .prometheus_harness import DEPLOY, REPO, free_port, http, poll, require_bin
 
 ALERTS = DEPLOY / "alerts"
 RULES = ALERTS / "longhorn-fleet.rules.yml"
+TEMPLATE = ALERTS / "longhorn-fleet.rules.tmpl.yml"
+GENERATOR = ALERTS / "make-prometheusrule.py"
 RUNBOOK = ALERTS / "RUNBOOK.md"
-RUNBOOK_BASE = (
-    "https://github.com/fleet-exporter/fleet-exporter/blob/main/deploy/alerts/RUNBOOK.md#"
-)
+CONFIG = yaml.safe_load((DEPLOY / "monitoring-config.yml").read_text())
+RUNBOOK_BASE = CONFIG["runbook_base_url"] + "#"
+# What a volume alert does to route to the PVC's team.
+NAMESPACE_FROM_PVC = '"namespace", "$1", "pvc_namespace", "(.+)"'
 TEST_FILES = sorted((ALERTS / "tests").glob("*.yml"))
 # Alerts about the exporter or the whole fleet rather than one cluster.
 FLEET_LEVEL = {
@@ -81,15 +86,97 @@ def test_every_alert_has_a_firing_and_a_quiet_test_case() -> None:
     for name, seen in labels_seen.items():
         if name not in FLEET_LEVEL:
             assert all("cluster" in labels for labels in seen), name
+    # Alerts about a volume carry `namespace` = the PVC's namespace when it has one, and
+    # their expression makes it so; the tests show both kinds (with and without a PVC).
+    rules = {r["alert"]: r for r in alert_rules()}
+    for name, seen in labels_seen.items():
+        if any("volume" in labels for labels in seen):
+            expr = rules[name]["expr"].rstrip()
+            assert expr.startswith("label_replace("), name
+            assert expr.removesuffix(")").rstrip().endswith(NAMESPACE_FROM_PVC), name
+        for labels in seen:
+            assert labels.get("namespace") == labels.get("pvc_namespace"), (name, labels)
+    with_pvc = [ls for seen in labels_seen.values() for ls in seen if "pvc_namespace" in ls]
+    without_pvc = [ls for seen in labels_seen.values() for ls in seen if "volume" in ls]
+    assert with_pvc and any("namespace" not in ls for ls in without_pvc)
 
 
-# -- the PrometheusRule is the same rules ----------------------------------------------------
-def test_prometheusrule_is_generated_from_the_rule_file() -> None:
-    result = run(sys.executable, str(ALERTS / "make-prometheusrule.py"), "--check")
+# -- generated from the template and the one config ----------------------------------------
+def test_committed_files_are_what_the_generator_writes() -> None:
+    """Rules, PrometheusRule and the runbook's index regenerate to the committed bytes,
+    and the PrometheusRule holds the very same groups as the rule file."""
+    result = run(sys.executable, str(GENERATOR), "--check")
     assert result.returncode == 0, result.stderr
     manifest = yaml.safe_load((ALERTS / "prometheusrule.yaml").read_text())
     assert manifest["kind"] == "PrometheusRule"
     assert manifest["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_check_fails_on_drift(tmp_path: Path) -> None:
+    """--check really compares: a copy with one edited rule is reported stale."""
+    out = tmp_path / "out"
+    assert run(sys.executable, str(GENERATOR), "--out-dir", str(out)).returncode == 0
+    assert run(sys.executable, str(GENERATOR), "--out-dir", str(out), "--check").returncode == 0
+    rules = out / "longhorn-fleet.rules.yml"
+    rules.write_text(rules.read_text().replace("for: 2m", "for: 3m", 1))
+    result = run(sys.executable, str(GENERATOR), "--out-dir", str(out), "--check")
+    assert result.returncode == 1
+    assert "longhorn-fleet.rules.yml" in result.stderr
+
+
+def test_another_config_changes_every_selector_and_runbook_url(tmp_path: Path) -> None:
+    """Job names (e.g. after a kustomize namePrefix) and the runbook's address are set in
+    one file; nothing of the defaults is left in rules generated from another one."""
+    config = tmp_path / "config.yml"
+    config.write_text(
+        'probe_selector: job="team-a-longhorn-fleet"\n'
+        'exporter_selector: job=~"team-a-fleet-exporter|fleet-exporter-b"\n'
+        "runbook_base_url: https://wiki.example.com/storage/longhorn-runbook.md\n"
+    )
+    out = tmp_path / "out"
+    result = run(sys.executable, str(GENERATOR), "--config", str(config), "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    text = (out / "longhorn-fleet.rules.yml").read_text()
+    default_jobs = [CONFIG["probe_selector"], CONFIG["exporter_selector"]]
+    assert not any(job in text for job in default_jobs)
+    assert CONFIG["runbook_base_url"] not in text
+    rules = [r for g in yaml.safe_load(text)["groups"] for r in g["rules"]]
+    assert len(rules) == len(alert_rules())
+    selectors = set()
+    for rule in rules:
+        url = "https://wiki.example.com/storage/longhorn-runbook.md#" + rule["alert"].lower()
+        assert rule["annotations"]["runbook_url"] == url
+        selectors |= set(re.findall(r"job=~?\"[^\"]*\"", rule["expr"]))
+    assert selectors == {
+        'job="team-a-longhorn-fleet"',
+        'job=~"team-a-fleet-exporter|fleet-exporter-b"',
+    }
+    promtool = require_binary("promtool")
+    check = run(promtool, "check", "rules", "--lint-fatal", str(out / "longhorn-fleet.rules.yml"))
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['probe_selector: "{job=\\"x\\"}"', "runbook_base_url: https://x/y.md#z", "extra: 1"],
+    ids=["braces", "anchor", "unknown-key"],
+)
+def test_a_bad_config_is_refused(tmp_path: Path, line: str) -> None:
+    good = (DEPLOY / "monitoring-config.yml").read_text()
+    key = line.split(":")[0]
+    kept = [ln for ln in good.splitlines() if not ln.startswith(f"{key}:")]
+    config = tmp_path / "config.yml"
+    config.write_text("\n".join([*kept, line]) + "\n")
+    result = run(
+        sys.executable, str(GENERATOR), "--config", str(config), "--out-dir", str(tmp_path)
+    )
+    assert result.returncode == 2, result.stderr
+    assert not (tmp_path / "longhorn-fleet.rules.yml").exists()
+
+
+def test_selectors_appear_only_through_the_config() -> None:
+    """The template names no job itself: every job matcher is a placeholder."""
+    assert not re.search(r"\bjob\s*=", TEMPLATE.read_text())
 
 
 def test_prometheusrule_spec_passes_promtool(tmp_path: Path) -> None:
@@ -134,9 +221,30 @@ def test_alert_conventions(rule: dict[str, Any]) -> None:
         assert re.search(r'state="[a-z]+"\}\s*\)?\s*==\s*1', expr)
 
 
+def runbook_sections() -> dict[str, str]:
+    """Alert name -> the text of its `## Name` section."""
+    text = RUNBOOK.read_text()
+    parts = re.split(r"^## (.+)$", text, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
 def test_every_runbook_section_belongs_to_an_alert() -> None:
     names = {r["alert"].lower() for r in alert_rules()}
-    assert set(runbook_anchors()) == names
+    general = {"how-alerts-reach-people", "alert-index"}
+    assert set(runbook_anchors()) - general == names
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_runbook_justifies_severity_and_wait(rule: dict[str, Any]) -> None:
+    """Each section opens with the alert's severity and waits, then says why; changing
+    either in the rules without revisiting the reason fails here."""
+    section = runbook_sections()[rule["alert"]].strip()
+    head = f"**{rule['labels']['severity']}, for {rule['for']}"
+    if "keep_firing_for" in rule:
+        head += f", keep firing {rule['keep_firing_for']}"
+    assert section.startswith(head + ".**"), section.splitlines()[0]
+    reason = section.split("\n\n")[0].removeprefix(head + ".**")
+    assert len(reason.split()) >= 12, f"{rule['alert']}: say why"
 
 
 def test_every_metric_in_the_rules_is_documented() -> None:
@@ -155,6 +263,27 @@ def test_amtool_check_config() -> None:
     result = run(amtool, "check-config", str(AM_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 inhibit rules" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("labels", "receivers"),
+    [
+        ("alertname=LonghornBackupFailed namespace=db severity=warning", "team-databases"),
+        (
+            "alertname=LonghornVolumeFaulted namespace=db-eu severity=critical",
+            "team-databases,pager",
+        ),
+        ("alertname=LonghornVolumeFaulted namespace=web severity=critical", "pager"),
+        ("alertname=LonghornNodeNotReady severity=warning", "tickets"),
+    ],
+)
+def test_example_routes_volume_alerts_to_the_pvc_namespace_team(
+    labels: str, receivers: str
+) -> None:
+    amtool = require_binary("amtool")
+    result = run(amtool, "config", "routes", "test", f"--config.file={AM_CONFIG}", *labels.split())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == receivers
 
 
 def test_inhibit_rules_name_real_alerts() -> None:
@@ -242,11 +371,13 @@ def test_an_unreachable_cluster_mutes_only_its_own_alerts(tmp_path: Path) -> Non
         labels = {"alertname": name, "severity": severity}
         return labels | ({"cluster": cluster} if cluster else {})
 
+    # Volume alerts carry the PVC's namespace (routed to its team): inhibition still
+    # goes by cluster alone.
     clusters = [
         alert("LonghornClusterUnreachable", "east-1"),
-        alert("LonghornVolumeFaulted", "east-1", "critical"),
+        alert("LonghornVolumeFaulted", "east-1", "critical") | {"namespace": "db"},
         alert("LonghornDataStale", "east-1"),
-        alert("LonghornVolumeFaulted", "west-2", "critical"),
+        alert("LonghornVolumeFaulted", "west-2", "critical") | {"namespace": "db"},
         alert("LonghornFleetProbeFailing", "north-3"),
         alert("LonghornNodeNotReady", "north-3"),
     ]

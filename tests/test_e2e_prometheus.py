@@ -12,6 +12,19 @@ from .test_deploy_grafana import OVERVIEW, TRIAGE, load, panel_queries, substitu
 
 pytestmark = pytest.mark.prometheus
 
+# Issue 17: panel queries whose data the runtime side brings (after the restructuring
+# of the exporter and simulator on main): the four new metrics, and simulator states for
+# a read-only filesystem and an unschedulable replica. Until then such queries are not
+# required to return data; the test checks that they really have none, so these sets
+# must be emptied by the change that provides it.
+AWAITING_METRICS = {
+    "longhorn_node_replicas",
+    "longhorn_volume_created_timestamp_seconds",
+    "longhorn_volume_backup_interval_seconds",
+    "longhorn_backup_last_failure_timestamp_seconds",
+}
+AWAITING_PANELS = {"Read-only volumes", "Replicas that cannot be scheduled"}
+
 HEALTHY = ["alpha", "delta"]
 TROUBLED = "beta"  # every kind of trouble, so every triage panel has something to show
 UNREACHABLE = "epsilon"
@@ -131,6 +144,8 @@ async def test_shipped_prometheus_config_rules_and_dashboards(tmp_path):
                 empty = []
                 for board, cluster in ((OVERVIEW, ".+"), (TRIAGE, TROUBLED)):
                     for q in panel_queries(load(board)):
+                        if q.panel in AWAITING_PANELS or any(m in q.expr for m in AWAITING_METRICS):
+                            continue
                         expr = substitute(q.expr, cluster)
                         if not prom.query(expr):
                             empty.append(f"{q.board} / {q.panel}: {expr}")
@@ -140,3 +155,9 @@ async def test_shipped_prometheus_config_rules_and_dashboards(tmp_path):
                 await prom.async_wait_for(lambda: not empty_panels(), 20, "data in every panel")
             except TimeoutError:
                 raise AssertionError("panels without data:\n" + "\n".join(empty_panels())) from None
+            # What the runtime side of issue 17 brings is not there yet (else: empty the sets).
+            awaiting = "|".join(sorted(AWAITING_METRICS))
+            assert prom.query(f'{{__name__=~"{awaiting}"}}') == []
+            for q in panel_queries(load(TRIAGE)):
+                if q.panel in AWAITING_PANELS:
+                    assert not prom.query(substitute(q.expr, TROUBLED)), q.panel
