@@ -145,7 +145,7 @@ async def _one_shot(directory: Path, only: set[str] | None, wait: float):
             refresh = lookup.value
             body = b""
             if refresh is not None:
-                body = await refresh.text(openmetrics=False)
+                body = refresh.text()
             results[name] = (lookup, body)
         return fleet, results
     finally:

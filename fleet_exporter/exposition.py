@@ -1,28 +1,81 @@
-"""Metric families, their exposition, and the Longhorn catalogue (docs/metrics.md).
+"""Metric families to Prometheus text 0.0.4 and OpenMetrics 1.0.0, and the gzip framing of
+the answers.
 
-Rendering is a hand-written string join rather than prometheus_client's
-``generate_latest``: about five times faster at 10k-100k series
-(python-implementation.md §3.2), and its output is byte-identical to prometheus_client's
-text 0.0.4 and OpenMetrics 1.0.0 encoders (asserted in tests/test_metrics.py), so
-label-value escaping and float formatting are exactly theirs: labels in name order,
-``\\``, ``"`` and newline escaped, non-ASCII passed through as UTF-8, floats as
-``floatToGoString``.
+Two ways in. ``Family`` + ``encode`` is the general one, for the few small families of a
+probe's head and the refresh's own bookkeeping: byte-identical to prometheus_client's
+encoders (asserted in tests/test_metrics.py), labels in name order. ``Writer`` is the fast
+path for the Longhorn catalogue's tens of thousands of series: each line is written
+straight from the records, each object's label values escaped once and each distinct
+number formatted once, with labels in the order given, ``cluster`` first (Prometheus reads
+them in any order). Escaping and number formatting are the same in both: ``\\``, ``"``
+and newline escaped, non-ASCII passed through as UTF-8, floats as ``floatToGoString``.
+
+A refresh renders its families once, into raw deflate ``Piece``s that every probe sends
+as they are: a probe's answer is one gzip member made of a header, its own small head
+(stored, uncompressed), the cached pieces, and a trailer whose CRC-32 is combined from
+the pieces' (``crc32_combine``), so a warm gzip probe copies nothing. Both formats share
+the pieces of sample lines and differ only in a few ``# HELP``/``# TYPE`` lines (counters,
+help texts with quotes), kept as small pieces per format. A client that takes no gzip
+gets the pieces inflated a chunk at a time while they are written.
 """
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import Any
 
 from isal import isal_zlib
 from prometheus_client.utils import floatToGoString
 
-from .knobs import CHUNK, GZIP_LEVEL
+from .knobs import GZIP_LEVEL
+
+EOF_LINE = b"# EOF\n"
+
+
+def escape(value: str) -> str:
+    """A label value as the exposition formats escape it."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+class Numbers(dict[float, str]):
+    """Sample values as text, each distinct value formatted once (most are 0 and 1)."""
+
+    def __missing__(self, value: float) -> str:
+        text = self[value] = floatToGoString(value)
+        return text
+
+
+def meta(name: str, kind: str, help_: str, *, openmetrics: bool) -> str:
+    """The ``# HELP`` and ``# TYPE`` lines. A counter is ``x_total`` in text 0.0.4 and
+    ``x`` in OpenMetrics (its samples are ``x_total`` in both)."""
+    if kind not in ("gauge", "counter"):
+        raise ValueError(f"family {name}: unsupported type {kind!r}")
+    if kind == "counter":
+        base = name.removesuffix("_total")
+        name = base if openmetrics else base + "_total"
+    help_ = help_.replace("\\", "\\\\").replace("\n", "\\n")
+    if openmetrics:
+        help_ = help_.replace('"', '\\"')
+    return f"# HELP {name} {help_}\n# TYPE {name} {kind}\n"
+
+
+@dataclass(slots=True, frozen=True)
+class Encoded:
+    """One family, encoded: its ``# HELP``/``# TYPE`` lines per format, and its sample
+    lines, which are the same in both formats."""
+
+    text_meta: str
+    openmetrics_meta: str
+    samples: str
+
+
+# --------------------------------------------------------------------------- general
 
 
 @dataclass(slots=True)
@@ -37,12 +90,6 @@ class Family:
     samples: list[tuple[tuple[str, ...], float]]
 
 
-def _escape(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return value
-
-
 def encode(
     families: Iterable[Family], cluster: str, *, openmetrics: bool = False, eof: bool = True
 ) -> bytes:
@@ -50,76 +97,30 @@ def encode(
     caller that appends more families and the EOF itself). Every sample gets
     ``cluster="<cluster>"``."""
     out: list[str] = []
-    for part in encode_parts(families, cluster):
+    for part in encoded(families, cluster):
         out.append(part.openmetrics_meta if openmetrics else part.text_meta)
         out.append(part.samples)
     if openmetrics and eof:
-        out.append("# EOF\n")
+        out.append(EOF_LINE.decode())
     return "".join(out).encode("utf-8")
 
 
-@dataclass(slots=True, frozen=True)
-class EncodedFamily:
-    """One family, encoded. Only the ``# HELP``/``# TYPE`` lines differ between the two
-    formats; the sample lines are the same, so a caller can encode (and compress) them
-    once and serve either format."""
-
-    text_meta: str
-    openmetrics_meta: str
-    samples: str
-
-
-def encode_parts(
-    families: Iterable[Family], cluster: str, chunk: int = 0
-) -> Iterator[EncodedFamily]:
-    """Each family encoded in turn (see ``EncodedFamily``), so a caller can compress
-    family by family instead of holding the whole exposition. With ``chunk``, a family
-    with more samples comes in several parts of at most ``chunk`` samples, the later ones
-    with empty metadata, so each step of the caller stays short."""
-    cluster_value = _escape(cluster).replace("%", "%%")
-    numbers: dict[float, str] = {}
-    # Label blocks ("{cluster=...,volume=...}") by label names, then by values: a
-    # volume's block recurs in every per-volume family, formatted and escaped once.
-    blocks: dict[tuple[str, ...], dict[tuple[str, ...], str]] = {}
+def encoded(families: Iterable[Family], cluster: str) -> Iterator[Encoded]:
+    """Each family encoded, labels in name order as prometheus_client writes them."""
+    cluster_value = escape(cluster).replace("%", "%%")
+    numbers = Numbers()
     for fam in families:
-        if fam.type not in ("gauge", "counter"):
-            raise ValueError(f"family {fam.name}: unsupported type {fam.type!r}")
-        block_cache = blocks.setdefault(fam.labelnames, {})
-        size = chunk or len(fam.samples) or 1
-        for start in range(0, max(len(fam.samples), 1), size):
-            samples = fam.samples[start : start + size] if chunk else fam.samples
-            text = _samples(fam, samples, cluster_value, numbers, block_cache)
-            if start:
-                yield EncodedFamily("", "", text)
-            else:
-                yield EncodedFamily(
-                    _meta(fam, openmetrics=False), _meta(fam, openmetrics=True), text
-                )
+        text_meta = meta(fam.name, fam.type, fam.help, openmetrics=False)
+        om_meta = meta(fam.name, fam.type, fam.help, openmetrics=True)
+        yield Encoded(text_meta, om_meta, _samples(fam, cluster_value, numbers))
 
 
-def _meta(fam: Family, *, openmetrics: bool) -> str:
-    name = fam.name
-    if fam.type == "counter":
-        base = fam.name.removesuffix("_total")
-        name = base if openmetrics else base + "_total"
-    help_ = fam.help.replace("\\", "\\\\").replace("\n", "\\n")
-    if openmetrics:
-        help_ = help_.replace('"', '\\"')
-    return f"# HELP {name} {help_}\n# TYPE {name} {fam.type}\n"
-
-
-def _samples(
-    fam: Family,
-    samples: list[tuple[tuple[str, ...], float]],
-    cluster_value: str,
-    numbers: dict[float, str],
-    blocks: dict[tuple[str, ...], str],
-) -> str:
+def _samples(fam: Family, cluster_value: str, numbers: Numbers) -> str:
     sample_name = fam.name
     if fam.type == "counter":
         sample_name = fam.name.removesuffix("_total") + "_total"
-    # prometheus_client writes labels sorted by name; precompute one %-template per
-    # family with the cluster value in place, and the order to pick the values in.
+    # One %-template per family, labels sorted by name with the cluster value in place,
+    # and the order to pick the label values in.
     names = ("cluster", *fam.labelnames)
     order = sorted(range(len(names)), key=names.__getitem__)
     slots = [f'{names[i]}="{cluster_value}"' if i == 0 else f'{names[i]}="%s"' for i in order]
@@ -135,23 +136,13 @@ def _samples(
         pick = itemgetter(*picks)
     width = len(fam.labelnames)
     out = []
-    block_of, number_of = blocks.get, numbers.get
-    for values, value in samples:
-        block = block_of(values)
-        if block is None:
-            if len(values) != width:
-                raise ValueError(
-                    f"family {fam.name}: {len(values)} label values for {width} label names"
-                )
-            picked = pick(values)
-            joined = "".join(picked)  # one scan instead of an _escape call per value
-            if "\\" in joined or '"' in joined or "\n" in joined:
-                picked = tuple(map(_escape, picked))
-            block = blocks[values] = template % picked
-        text = number_of(value)
-        if text is None:
-            text = numbers[value] = floatToGoString(value)
-        out.append(f"{sample_name}{block} {text}\n")
+    for values, value in fam.samples:
+        if len(values) != width:
+            raise ValueError(
+                f"family {fam.name}: {len(values)} label values for {width} label names"
+            )
+        block = template % tuple(map(escape, pick(values)))
+        out.append(f"{sample_name}{block} {numbers[value]}\n")
     return "".join(out)
 
 
@@ -159,22 +150,142 @@ def _no_labels(values: tuple[str, ...]) -> tuple[str, ...]:
     return ()
 
 
+# --------------------------------------------------------------------------- fast path
+
+
+class Writer:
+    """Families written straight from records, for one cluster and one refresh.
+
+    ``labels`` gives an object's open label block (``{cluster="c",volume="v"``), made
+    once; a family's lines append their own labels, if any, close the block and add the
+    value::
+
+        block = w.labels(("volume", v.name), ("node", v.node))
+        w.family("x_bytes", "gauge", "Help.", [f"x_bytes{block}}} {w.num[v.size]}\\n"])
+
+    ``num`` formats each distinct value once, ``esc`` escapes a label value, and ``cache``
+    keeps what several families share (each volume's block) for the refresh.
+    """
+
+    esc = staticmethod(escape)
+
+    def __init__(self, cluster: str) -> None:
+        self._cluster = '{cluster="' + escape(cluster) + '"'
+        self.num = Numbers()
+        self.cache: dict[object, Any] = {}
+
+    def labels(self, *pairs: tuple[str, str]) -> str:
+        """An open label block: ``cluster`` and ``pairs``, escaped, without the ``}``."""
+        return self._cluster + "".join([f',{k}="{escape(v)}"' for k, v in pairs])
+
+    def family(self, name: str, kind: str, help_: str, lines: Sequence[str]) -> Encoded:
+        """A family with its sample lines (one without any is left out of the answer)."""
+        text_meta = meta(name, kind, help_, openmetrics=False)
+        om_meta = meta(name, kind, help_, openmetrics=True)
+        return Encoded(text_meta, om_meta, "".join(lines))
+
+
 # --------------------------------------------------------------------------- gzip
 
 
 @dataclass(slots=True, frozen=True)
+class Piece:
+    """Raw deflate data ending on a byte boundary with no final block, so pieces made by
+    different compressors follow each other in one stream; with the CRC-32 and the length
+    of what it inflates to."""
+
+    deflate: bytes
+    crc: int
+    size: int
+
+
+@dataclass(slots=True, frozen=True)
+class Body:
+    """Rendered metrics in one format (no ``# EOF``): pieces to send in order, and the
+    CRC-32 and length of them all."""
+
+    pieces: tuple[Piece, ...]
+    crc: int
+    size: int
+
+    @classmethod
+    def of(cls, pieces: Iterable[Piece]) -> Body:
+        pieces = tuple(pieces)
+        crc = size = 0
+        for p in pieces:
+            crc = isal_zlib.crc32_combine(crc, p.crc, p.size)
+            size += p.size
+        return cls(pieces, crc, size)
+
+
+@dataclass(slots=True, frozen=True)
 class Rendered:
-    """The families as gzip members, in order, for each format. Most members are shared:
-    only families whose ``# HELP``/``# TYPE`` lines differ between the formats (counters,
-    help texts with quotes) split the stream, with a small member per format."""
+    """A refresh's metrics in both formats; most pieces are shared."""
 
-    text: tuple[bytes, ...]
-    openmetrics: tuple[bytes, ...]
+    text: Body
+    openmetrics: Body
+
+    def body(self, openmetrics: bool) -> Body:
+        return self.openmetrics if openmetrics else self.text
+
+    @classmethod
+    def join(cls, parts: Iterable[Rendered]) -> Rendered:
+        parts = list(parts)
+        return cls(
+            Body.of(p for r in parts for p in r.text.pieces),
+            Body.of(p for r in parts for p in r.openmetrics.pieces),
+        )
 
 
-def render(families: Iterable[Family], cluster: str) -> Rendered:
-    """Encode and compress, all at once (see ``rendering``)."""
-    steps = rendering(families, cluster)
+def stored(data: bytes) -> Piece:
+    """``data`` as stored (uncompressed) deflate blocks: for a few hundred bytes of head or
+    metadata, cheaper than setting up a compressor (1.6 µs against 61 µs), barely larger."""
+    blocks = []
+    for start in range(0, len(data), 0xFFFF):
+        chunk = data[start : start + 0xFFFF]
+        blocks.append(struct.pack("<BHH", 0, len(chunk), 0xFFFF ^ len(chunk)) + chunk)
+    return Piece(b"".join(blocks), zlib.crc32(data), len(data))
+
+
+def rendering(families: Iterable[Encoded]) -> Generator[None, None, Rendered]:
+    """Compress family by family, a step each: runs of families whose metadata is the same
+    in both formats share one compressor and one piece."""
+    text: list[Piece] = []
+    openmetrics: list[Piece] = []
+    compressor = None
+    chunks: list[bytes] = []
+    crc = size = 0
+
+    def close_run() -> None:
+        nonlocal compressor, crc, size
+        if compressor is not None:
+            chunks.append(compressor.flush(isal_zlib.Z_SYNC_FLUSH))
+            piece = Piece(b"".join(chunks), crc, size)
+            text.append(piece)
+            openmetrics.append(piece)
+            chunks.clear()
+            compressor, crc, size = None, 0, 0
+
+    for fam in families:
+        if fam.text_meta == fam.openmetrics_meta:
+            data = (fam.text_meta + fam.samples).encode("utf-8")
+        else:
+            close_run()
+            text.append(stored(fam.text_meta.encode("utf-8")))
+            openmetrics.append(stored(fam.openmetrics_meta.encode("utf-8")))
+            data = fam.samples.encode("utf-8")
+        if compressor is None:
+            compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, -15)
+        chunks.append(compressor.compress(data))
+        crc, size = isal_zlib.crc32(data, crc), size + len(data)
+        yield
+    close_run()
+    return Rendered(Body.of(text), Body.of(openmetrics))
+
+
+def render(families: Iterable[Encoded]) -> Rendered:
+    """``rendering`` in one go, for a handful of small families."""
+    steps = rendering(families)
     while True:
         try:
             next(steps)
@@ -182,83 +293,37 @@ def render(families: Iterable[Family], cluster: str) -> Rendered:
             return done.value
 
 
-def rendering(families: Iterable[Family], cluster: str) -> Generator[None, None, Rendered]:
-    """Encode and compress family by family, ``CHUNK`` samples per step: the whole
-    exposition is never held as text, and a new compressor (~0.1 ms to set up) starts only
-    where the formats differ."""
-    text: list[bytes] = []
-    openmetrics: list[bytes] = []
-    member: list[bytes] = []
-    compressor = None
-
-    def close_member() -> None:
-        nonlocal compressor
-        if compressor is not None:
-            member.append(compressor.flush())
-            shared = b"".join(member)
-            text.append(shared)
-            openmetrics.append(shared)
-            member.clear()
-            compressor = None
-
-    for part in encode_parts(families, cluster, CHUNK):
-        if part.text_meta == part.openmetrics_meta:
-            chunk = part.text_meta + part.samples
-        else:
-            close_member()
-            text.append(stored_gzip(part.text_meta.encode("utf-8")))
-            openmetrics.append(stored_gzip(part.openmetrics_meta.encode("utf-8")))
-            chunk = part.samples
-        if compressor is None:
-            compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
-        member.append(compressor.compress(chunk.encode("utf-8")))
-        yield
-    close_member()
-    return Rendered(tuple(text), tuple(openmetrics))
-
-
-def stored_gzip(data: bytes) -> bytes:
-    """A gzip member holding ``data`` uncompressed (deflate "stored" blocks): for a few
-    hundred bytes of metadata, cheaper than setting up a compressor, and barely larger."""
-    blocks = []
-    for start in range(0, max(len(data), 1), 0xFFFF):
-        chunk = data[start : start + 0xFFFF]
-        last = start + 0xFFFF >= len(data)
-        blocks.append(struct.pack("<BHH", last, len(chunk), 0xFFFF ^ len(chunk)) + chunk)
-    trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
-    return _GZIP_HEADER + b"".join(blocks) + trailer
-
-
 # magic, deflate, no flags, mtime 0, no extra flags, OS unknown
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+FINAL_BLOCK = b"\x01\x00\x00\xff\xff"  # an empty stored block marked final
 
 
-# Smaller rendered bodies are inflated on the loop; bigger ones on the inflate thread.
-INFLATE_INLINE_BYTES = 64 * 1024
+def gzip_member(head: bytes, body: Body, tail: bytes = b"") -> list[bytes]:
+    """One gzip member holding ``head``, the body and ``tail``, as the list of byte
+    strings to send: the body's pieces are not copied."""
+    h, t = stored(head), stored(tail)
+    crc = isal_zlib.crc32_combine(h.crc, body.crc, body.size)
+    crc = isal_zlib.crc32_combine(crc, t.crc, t.size)
+    size = (h.size + body.size + t.size) & 0xFFFFFFFF
+    trailer = t.deflate + FINAL_BLOCK + struct.pack("<II", crc, size)
+    return [GZIP_HEADER + h.deflate, *(p.deflate for p in body.pieces), trailer]
 
 
-async def inflate_members(members: Sequence[bytes]) -> bytes:
-    """Cached gzip members inflated, for a client that takes no gzip."""
-    if sum(map(len, members)) <= INFLATE_INLINE_BYTES:
-        return _inflate(members)
-    # ISA-L lets go of the GIL: the loop keeps running while a big body inflates.
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(inflate_thread(), _inflate, members)
+INFLATE_CHUNK = 256 * 1024  # bytes of text per step when inflating for a plain client
 
 
-def _inflate(members: Iterable[bytes]) -> bytes:
-    return b"".join(isal_zlib.decompress(m, wbits=31) for m in members)
+def inflating(body: Body) -> Iterator[bytes]:
+    """The body's text, a chunk at a time (each piece inflates on its own)."""
+    for piece in body.pieces:
+        inflater = isal_zlib.decompressobj(wbits=-15)
+        data = piece.deflate
+        while data:
+            out = inflater.decompress(data, INFLATE_CHUNK)
+            if out:
+                yield out
+            data = inflater.unconsumed_tail
 
 
-_INFLATE_THREAD: ThreadPoolExecutor | None = None
-
-
-def inflate_thread() -> ThreadPoolExecutor:
-    """The thread that inflates cached metrics for clients that take no gzip: a big body
-    inflates there (ISA-L lets go of the GIL) while the loop serves others. One thread, not
-    asyncio's default pool: each extra thread would get its own malloc arena (more
-    resident memory, measured)."""
-    global _INFLATE_THREAD
-    if _INFLATE_THREAD is None:
-        _INFLATE_THREAD = ThreadPoolExecutor(1, thread_name_prefix="inflate")
-    return _INFLATE_THREAD
+def inflate(body: Body) -> bytes:
+    """The body's whole text (``fleet-exporter probe``, tests)."""
+    return b"".join(inflating(body))

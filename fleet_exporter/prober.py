@@ -19,13 +19,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import chain
 
 import aiohttp
 
 from .config import Settings
 from .credentials import Credentials
-from .exposition import Family, Rendered, inflate_members, render, rendering
+from .exposition import Family, Rendered, Writer, encoded, inflate, render, rendering
 from .kube import Call, KubeClient, UpstreamError
 from .longhorn import CORE_RESOURCES, JOINS, RESOURCES, Join
 from .longhorn.catalogue import building_group
@@ -59,6 +58,7 @@ class ResourceResult:
     ok: bool = False
     objects: int = 0
     malformed: int = 0
+    unreadable: int = 0
     pages: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -68,8 +68,8 @@ class ResourceResult:
 class Refresh:
     """The outcome of one refresh: what every probe of this cluster serves until ``ttl``
     passes. ``ok`` means the core lists succeeded, so the data is worth serving.
-    ``rendered`` is its metrics, already encoded and compressed: a refresh keeps no
-    families."""
+    ``rendered`` is its metrics, already encoded and compressed (``exposition``): a
+    refresh keeps no families."""
 
     cluster: str
     ok: bool
@@ -118,19 +118,17 @@ class Refresh:
                 )
                 if r.malformed:
                     line += f"  {r.malformed} malformed objects skipped"
+                if r.unreadable:
+                    line += f"  {r.unreadable} values unreadable (their samples left out)"
                 if r.error:
                     line += f"  {r.error}"
                 lines.append(line)
             self._log = "\n".join(lines)
         return self._log
 
-    def members(self, openmetrics: bool) -> tuple[bytes, ...]:
-        """The rendered metrics (no ``# EOF``) as the gzip members they are kept in."""
-        return self.rendered.openmetrics if openmetrics else self.rendered.text
-
-    async def text(self, openmetrics: bool) -> bytes:
-        """The rendered metrics (no ``# EOF``) inflated, for clients that take no gzip."""
-        return await inflate_members(self.members(openmetrics))
+    def text(self, openmetrics: bool = False) -> bytes:
+        """The rendered metrics (no ``# EOF``), inflated whole: for the one-shot CLI."""
+        return inflate(self.rendered.body(openmetrics))
 
 
 async def refresh(
@@ -157,6 +155,7 @@ async def refresh(
 
     client = KubeClient(session, target.credentials, settings, record)
     reducer = ClusterReducer()
+    writer = Writer(target.name)
     limit = asyncio.Semaphore(settings.concurrency)
 
     async def list_one(resource: str) -> None:
@@ -167,6 +166,7 @@ async def refresh(
             page = await run_sliced(reducer.adding_page(resource, body), target.expected)
             result.objects += page.items
             result.malformed += page.malformed
+            result.unreadable += page.unreadable
             return page.continue_token
 
         t0 = time.monotonic()
@@ -186,8 +186,10 @@ async def refresh(
         complete = frozenset(r for r in join.lists if resources[r].ok)
         state = await run_sliced(reducer.joining(join, complete), target.expected)
         target.churn.update(state)  # only the snapshots group's state changes it
-        families = await run_sliced(building_group(join, state, target.churn), target.expected)
-        return await run_sliced(rendering(families, target.name), target.expected)
+        families = await run_sliced(
+            building_group(join, state, target.churn, writer), target.expected
+        )
+        return await run_sliced(rendering(families), target.expected)
 
     lists = {r: asyncio.create_task(list_one(r)) for r in RESOURCES}
     try:
@@ -200,11 +202,8 @@ async def refresh(
     if core_failed:
         return failed(resources[core_failed[0]].error or "core resources failed")
     complete = frozenset(r for r, res in resources.items() if res.ok)
-    head = render(collection_families(True, resources, target.errors_total), target.name)
-    rendered = Rendered(
-        tuple(chain(head.text, *(p.text for p in parts))),
-        tuple(chain(head.openmetrics, *(p.openmetrics for p in parts))),
-    )
+    head = collection_families(True, resources, target.errors_total)
+    rendered = Rendered.join([render(encoded(head, target.name)), *parts])
     state = reducer.state(complete)
     failures = [res.error for res in resources.values() if res.error]
     error = f"partial data: {'; '.join(failures)}" if failures else None
@@ -229,7 +228,8 @@ def _finish(
 ) -> Refresh:
     s = target.settings
     if rendered is None:  # a failed refresh: a few small families, rendered on the spot
-        rendered = render(collection_families(ok, resources, target.errors_total), target.name)
+        head = collection_families(ok, resources, target.errors_total)
+        rendered = render(encoded(head, target.name))
     return Refresh(
         cluster=target.name,
         ok=ok,
@@ -287,6 +287,12 @@ def collection_families(
             "Objects skipped in the last refresh because they did not decode.",
             "gauge",
             lambda r: float(resources[r].malformed),
+        ),
+        per_resource(
+            "longhorn_exporter_unreadable_values",
+            "Values left out of the last refresh's metrics because they could not be read.",
+            "gauge",
+            lambda r: float(resources[r].unreadable),
         ),
         per_resource(
             "longhorn_exporter_scrape_errors_total",

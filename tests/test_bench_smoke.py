@@ -7,7 +7,6 @@ to (gzip members per format) serves exactly what the encoder writes."""
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import time
 import zlib
@@ -16,7 +15,7 @@ import pytest
 
 import bench
 from bench import common, driver
-from fleet_exporter import exposition, knobs, prober, scheduling
+from fleet_exporter import knobs, scheduling
 from fleet_exporter.exposition import Family, encode
 from fleet_exporter.longhorn.wire import to_number
 
@@ -107,38 +106,6 @@ def test_fit_and_percentile():
     assert common._pct(values, 99) == 99
 
 
-# -- the performance changes keep behaviour: rendered bytes are what the encoder says
-
-
-@pytest.mark.parametrize("size", [0, 1, 300, 0xFFFF, 0x10000, 200_000])
-def test_stored_gzip_members_round_trip(size):
-    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    member = exposition.stored_gzip(data)
-    assert gzip.decompress(member) == data
-    assert zlib.decompress(member, wbits=31) == data
-
-
-async def test_rendered_body_is_the_encoding_in_both_formats():
-    families = [
-        Family("a_gauge", "gauge", "plain help", ("volume",), [(("v1",), 1.0), (("v2",), 2.5)]),
-        Family("b_total", "counter", 'help with "quotes"', ("volume",), [(("v1",), 3.0)]),
-        Family("c_info", "gauge", "more", ("volume", "node"), [(("v1", 'n"\\'), 1.0)]),
-        Family("d_help", "gauge", 'quotes "here"', (), [((), 0.0)]),
-    ]
-    rendered = exposition.render(families, "c-1")
-    refresh = prober.Refresh("c-1", True, 1.0, 1.0, 0.0, 0.0, 0.0, None, [], {}, None, rendered)
-    for openmetrics in (False, True):
-        expected = encode(families, "c-1", openmetrics=openmetrics, eof=False)
-        members = rendered.openmetrics if openmetrics else rendered.text
-        assert gzip.decompress(b"".join(members)) == expected
-        # What a probe serves, to a client that takes gzip and to one that does not.
-        assert gzip.decompress(b"".join(refresh.members(openmetrics))) == expected
-        assert await refresh.text(openmetrics) == expected
-    # Only the families whose metadata differs between formats split the stream.
-    shared = [m for m in rendered.text if m in rendered.openmetrics]
-    assert len(shared) == 3 and len(rendered.text) == 5
-
-
 async def test_cpu_turn_takes_turns_and_survives_errors_and_cancellation():
     """Sliced computations share the loop's CPU turn; one that raises or is cancelled
     while waiting does not keep the others from finishing."""
@@ -175,7 +142,7 @@ async def test_cpu_turn_takes_turns_and_survives_errors_and_cancellation():
     [
         (" 42 ", 42.0),
         ("9007199254740993", float(9007199254740993)),  # rounds as float(int(...)) does
-        ("1_000", 1000.0),
+        ("1_000", None),  # float() takes it; Go's ParseInt (and so Kubernetes) does not
         ("1" + "0" * 400, None),  # too big for a float: no OverflowError, just no number
         ("-0", 0.0),
         ("0x10", None),

@@ -254,7 +254,7 @@ def test_example_volume_and_replica() -> None:
         "rwx",
         "disabled",
     )
-    assert v.last_backup_at is None  # lastBackupAt: ""
+    assert v.last_backup_at == 0.0  # lastBackupAt: "" means never
     assert [(c.type, c.status) for c in v.conditions] == [
         ("WaitForBackingImage", "False"),
         ("TooManySnapshots", "False"),
@@ -336,7 +336,7 @@ def test_example_v1beta1_backup_target_map_conditions() -> None:
     empty times as the string "null"."""
     state = reduce_objects({"backuptargets": [example("backuptarget-v1beta1.yaml")]})
     t = state.backup_targets["default"]
-    assert (t.available, t.last_synced, t.poll_interval) == (False, None, "5m0s")
+    assert (t.available, t.last_synced, t.poll_interval) == (False, 0.0, "5m0s")  # never
     assert [(c.type, c.status, c.reason, c.message) for c in t.conditions] == [
         ("Unavailable", "True", "Unavailable", "backup target URL is empty")
     ]
@@ -394,8 +394,12 @@ def test_malformed_object_costs_only_itself() -> None:
     info = add_page(
         reducer, "volumes", page([volume("a"), bad_type, volume("b"), bad_conditions, nameless, 7])
     )
-    assert (info.items, info.malformed) == (2, 4)
-    assert list(finish(reducer, ALL).volumes) == ["a", "b"]
+    # A value of the wrong type costs only that value's sample, not the object.
+    assert (info.items, info.malformed, info.unreadable) == (3, 3, 1)
+    volumes = finish(reducer, ALL).volumes
+    assert list(volumes) == ["a", "b", "bad-size"]
+    assert volumes["bad-size"].number_of_replicas is None
+    assert volumes["bad-size"].capacity == volumes["a"].capacity
 
 
 @pytest.mark.parametrize(

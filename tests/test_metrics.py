@@ -14,14 +14,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet_exporter.exposition import Family, encode
+from fleet_exporter.exposition import Encoded, Family, Writer, encode
 from fleet_exporter.longhorn.churn import SnapshotChurn
 from fleet_exporter.longhorn.health import summarize
 from fleet_exporter.longhorn.records import ClusterState
 from fleet_exporter.longhorn.triage import triage
 from fleet_exporter.longhorn.wire import parse_time
 from simulator.fleet import ClusterSpec
-from tests.steps import add_page, drain, families, finish
+from tests.steps import add_page, drain, encoded, families, finish
 from tests.test_longhorn import (
     ALL,
     BACKUP_COUNTS,
@@ -384,7 +384,13 @@ def test_incomplete_resources_omit_their_metrics() -> None:
         "backups": [
             backup("b", "v", "Completed", "2026-07-01T00:00:00Z", done="2026-07-01T00:01:00Z")
         ],
-        "recurringjobs": [{"metadata": {"name": "j"}, "spec": {"task": "snapshot"}}],
+        "recurringjobs": [
+            {
+                "metadata": {"name": "j"},
+                "spec": {"task": "snapshot"},
+                "status": {"executionCount": 2},
+            }
+        ],
         "settings": [{"metadata": {"name": "current-longhorn-version"}, "value": "v1.9.0"}],
     }
     full = names(render(reduce_objects(objects)))
@@ -482,12 +488,16 @@ def test_recurring_jobs() -> None:
             groups="default,z",
             cron="0 2 * * *",
             retain="14",
-            concurrency="0",
+            concurrency="",  # absent: unknown, not 0
         )
         == 1
     )
     assert series(s, "longhorn_recurring_job_executions_total", recurring_job="backup-daily") == 123
-    assert series(s, "longhorn_recurring_job_executions_total", recurring_job="bare") == 0
+    # A job that never ran has no executionCount yet: no sample, rather than an invented 0.
+    assert (
+        "longhorn_recurring_job_executions_total",
+        frozenset({("recurring_job", "bare")}),
+    ) not in s
 
 
 # --------------------------------------------------------------------------- cardinality
@@ -507,14 +517,19 @@ def expected_series(state: ClusterState) -> tuple[int, int]:
     d = sum(len(x.disks) for x in state.nodes.values())
     e = sum(len(disk.conditions) for x in state.nodes.values() for disk in x.disks)
     j = len(state.recurring_jobs)
-    bound = 27 * v + 2 * s_ + c + r + 12 * p + q + 2 * t + 2 * j + 1 + k + 5 * n + 3 * d + e + 1
-    absent = sum(
-        (b.last_latency is None)
-        + (b.last_size is None)
-        + (b.last_uploaded is None)
-        + (b.oldest_in_progress is None)
-        for b in state.backups.values()
-    ) + sum(x.healthy is None for x in vols)
+    bound = 29 * v + 2 * s_ + c + r + 13 * p + q + 2 * t + 2 * j + 1 + k + 9 * n + 3 * d + e + 1
+    absent = (
+        sum(
+            (b.last_latency is None)
+            + (b.last_size is None)
+            + (b.last_uploaded is None)
+            + (b.oldest_in_progress is None)
+            + (b.last_failure is None)
+            for b in state.backups.values()
+        )
+        + sum(x.healthy is None for x in vols)
+        + sum(x.backup_interval is None for x in vols)
+    )
     return bound, absent
 
 
@@ -589,14 +604,15 @@ def test_groups_joined_in_any_order_give_the_same_metrics(missing: set[str]) -> 
     whole_churn, staged_churn = SnapshotChurn(), SnapshotChurn()
     whole = finish(reducer(), complete)
     whole_churn.update(whole)
-    expected = families(whole, whole_churn)
+    expected = encoded(whole, whole_churn, "c")
 
     staged = reducer()
-    built: dict[str, list[Family]] = {}
+    writer = Writer("c")
+    built: dict[str, list[Encoded]] = {}
     for join in reversed(JOINS):
         state = drain(staged.joining(join, complete & join.lists))
         staged_churn.update(state)
-        built[join.name] = drain(building_group(join, state, staged_churn))
+        built[join.name] = drain(building_group(join, state, staged_churn, writer))
     assert [f for join in JOINS for f in built[join.name]] == expected
     final = staged.state(complete)
     assert summarize(final) == summarize(whole)

@@ -25,7 +25,6 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 NOT_LONGHORN = ("Probe and collection", "The exporter's own metrics")
 ALL = frozenset(RESOURCES)
 # Rows specified ahead of the code (the alert rules and dashboards use them already).
-PLANNED = "**Planned (issue 17): not emitted yet.**"
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,6 @@ class Row:
     type: str
     labels: frozenset[str]
     needs: frozenset[str]  # resources whose failure omits the metric entirely
-    planned: bool = False  # documented ahead of the code: must not be emitted yet
 
 
 def doc_rows() -> list[Row]:
@@ -58,15 +56,8 @@ def doc_rows() -> list[Row]:
         needed = set(re.findall(r"`([a-z]+)`", re.sub(r"\(.*?\)", "", needs)))
         if "volume" in extra:
             needed.add("volumes")
-        planned = definition.startswith(PLANNED)
-        rows.append(
-            Row(section, name.strip("`"), kind, frozenset(extra), frozenset(needed), planned)
-        )
+        rows.append(Row(section, name.strip("`"), kind, frozenset(extra), frozenset(needed)))
     return rows
-
-
-def emitted_rows() -> list[Row]:
-    return [r for r in doc_rows() if not r.planned]
 
 
 def every_path_state(complete: frozenset[str] = ALL) -> tuple[ClusterState, SnapshotChurn]:
@@ -123,18 +114,13 @@ def test_doc_parses() -> None:
 
 
 def test_code_and_doc_name_the_same_metrics(full: dict[str, Family]) -> None:
-    documented = {r.name for r in emitted_rows()}
+    documented = {r.name for r in doc_rows()}
     assert set(full) - documented == set(), "emitted but not in docs/metrics.md"
     assert documented - set(full) == set(), "documented but never emitted"
 
 
-def test_planned_metrics_are_not_emitted_yet(full: dict[str, Family]) -> None:
-    planned = {r.name for r in doc_rows() if r.planned}
-    assert planned & set(full) == set(), "emitted now: drop the Planned marker in the doc"
-
-
 def test_types_and_labels_match_the_doc(full: dict[str, Family]) -> None:
-    for row in emitted_rows():
+    for row in doc_rows():
         fam = full[row.name]
         assert fam.type == row.type, row.name
         assert set(fam.labelnames) == row.labels, row.name
@@ -149,13 +135,13 @@ def test_needs_column(resource: str, full: dict[str, Family]) -> None:
     """Without ``resource``, exactly the metrics that need it disappear."""
     without = emitted(ALL - {resource})
     gone = set(full) - set(without)
-    needs = {r.name for r in emitted_rows() if resource in r.needs}
+    needs = {r.name for r in doc_rows() if resource in r.needs}
     assert gone == needs
     assert set(without) <= set(full)
 
 
 def test_without_volumes_only_cluster_wide_metrics_remain() -> None:
     left = emitted(ALL - {"volumes"})
-    rows = {r.name: r for r in emitted_rows()}
+    rows = {r.name: r for r in doc_rows()}
     assert {n for n in left if "volumes" in rows[n].needs} == set()
     assert {n for n, r in rows.items() if "volumes" not in r.needs} == set(left)

@@ -40,10 +40,11 @@ class Join:
 
 
 JOINS: tuple[Join, ...] = (
-    Join("volumes", frozenset({"volumes", "replicas", "engines"})),
+    # nodes too: replicas per node are counted for every node, 0 where there are none
+    Join("volumes", frozenset({"volumes", "replicas", "engines", "nodes"})),
     Join("snapshots", frozenset({"volumes", "snapshots"})),
     Join("backups", frozenset({"volumes", "backups", "backupvolumes", "backuptargets"})),
-    Join("recurringjobs", frozenset({"recurringjobs"})),
+    Join("recurringjobs", frozenset({"volumes", "recurringjobs"})),
     Join("nodes", frozenset({"nodes"})),
     Join("settings", frozenset({"settings"})),
 )

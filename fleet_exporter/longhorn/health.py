@@ -69,6 +69,8 @@ def volume_healthy(vs: VolumeState) -> bool | None:
         return False
     if vs.replicas is None:
         return None
+    if vs.number_of_replicas is None:  # how many it should have is unknown
+        return None
     usable = sum(1 for r in vs.replica_views if r.active and r.node and not r.failed_at)
     return usable >= max(vs.number_of_replicas, 1)
 
@@ -98,7 +100,11 @@ def summarize(state: ClusterState, overdue_after: float = DEFAULT_OVERDUE_AFTER)
         by_robustness[v.robustness] += 1
     missing = None
     if state.has("replicas", "engines"):
-        missing = sum(max(v.number_of_replicas - (v.replicas_healthy or 0), 0) for v in vols)
+        missing = sum(
+            max(v.number_of_replicas - (v.replicas_healthy or 0), 0)
+            for v in vols
+            if v.number_of_replicas is not None
+        )
     failing = overdue = never = None
     if state.has("backups"):
         failing = sum(1 for b in state.backups.values() if b.newest_state == "Error")

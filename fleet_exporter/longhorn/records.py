@@ -11,9 +11,6 @@ from dataclasses import dataclass
 
 import msgspec
 
-from . import wire
-from .wire import clip_text, parse_time, to_number
-
 VOLUME_STATES: tuple[str, ...] = (
     "creating",
     "attached",
@@ -34,7 +31,7 @@ BACKUP_STATES: tuple[str, ...] = (
     "Unknown",
     "Deleting",
 )
-_BACKUP_STATE = {"": "New", **{s: s for s in BACKUP_STATES}}  # raw -> constant
+BACKUP_STATE_OF = {"": "New", **{s: s for s in BACKUP_STATES}}  # raw -> constant
 BACKUP_IN_PROGRESS = frozenset({"New", "Pending", "InProgress"})
 DEFAULT_BACKUP_TARGET = "default"  # the only target before v1.8, and the default after
 VERSION_SETTING = "current-longhorn-version"
@@ -50,6 +47,11 @@ TRIAGE_SETTINGS = frozenset(
     }
 )
 DEFAULT_OVERDUE_AFTER = 26 * 3600.0  # a daily backup, plus slack for a slow run
+BACKUP_TASKS = frozenset({"backup", "backup-force-create"})  # recurring job tasks that back up
+DEFAULT_JOB_GROUP = "default"  # applies to volumes with no recurring-job labels at all
+# Replica health per node: a replica with a node and no mode in the active engine is
+# "stopped" (its volume is detached, say).
+NODE_REPLICA_STATES: tuple[str, ...] = ("healthy", "rebuilding", "failed", "stopped")
 
 
 class _Rec(msgspec.Struct, gc=False):
@@ -100,15 +102,17 @@ class EngineRec(_Rec):
     state: str
     modes: dict[str, str]
     addresses: dict[str, str]  # replica name -> "ip:port"
-    rebuilding: dict[str, float]  # "ip:port" -> progress 0..1, active rebuilds only
+    rebuilding: dict[str, float | None]  # "ip:port" -> progress 0..1 of active rebuilds
     read_only: bool
 
 
 class SnapshotStats(_Rec):
-    """Snapshots of one volume, excluding ``volume-head`` and ``markRemoved`` ones."""
+    """Snapshots of one volume, excluding ``volume-head`` and ``markRemoved`` ones.
+    ``size_bytes`` is None when a counted snapshot's size is unknown: a sum with an
+    unknown part is not known."""
 
     count: int = 0
-    size_bytes: float = 0.0
+    size_bytes: float | None = 0.0
     oldest: float | None = None
     newest: float | None = None
     removed: int = 0  # markRemoved, still in the chain (shown on the triage page)
@@ -116,17 +120,6 @@ class SnapshotStats(_Rec):
     # arrive (duplicates are ignored), then sorted int64s as bytes (8 bytes per snapshot
     # instead of ~100 in a set, and bytes need no GC tracking, unlike an array).
     ids: set[int] | bytes = msgspec.field(default_factory=set)
-
-    def add(self, ident: int, size: float | None, created: float | None) -> None:
-        assert isinstance(self.ids, set), "snapshot stats are frozen after finish()"
-        if ident in self.ids:
-            return
-        self.ids.add(ident)
-        self.count += 1
-        self.size_bytes += size or 0.0
-        if created is not None:
-            self.oldest = created if self.oldest is None else min(self.oldest, created)
-            self.newest = created if self.newest is None else max(self.newest, created)
 
 
 class BackupStats(_Rec):
@@ -139,7 +132,8 @@ class BackupStats(_Rec):
     (``creationTimestamp <= backupCreatedAt``); a backup synced from the target gets its
     Backup object at sync time, after the upload finished, so it has no latency here.
     ``newest_*`` is the newest backup in any state, ordered by ``backupCreatedAt`` or, when
-    that is empty (failed and running backups), ``creationTimestamp``."""
+    that is empty (failed and running backups), ``creationTimestamp``. ``last_failure`` is
+    the ``creationTimestamp`` of the newest backup in state Error."""
 
     counts: dict[str, int] = msgspec.field(default_factory=lambda: dict.fromkeys(BACKUP_STATES, 0))
     last_success: float | None = None
@@ -152,30 +146,7 @@ class BackupStats(_Rec):
     newest_key: tuple[float, str] | None = None
     newest_state: str = ""
     newest_error: str = ""
-
-    def add(self, name: str, st: wire.BackupStatus, created: float | None) -> None:
-        state = _BACKUP_STATE.get(st.state, "Unknown")
-        self.counts[state] += 1
-        done = parse_time(st.backup_created_at)
-        when = done if done is not None else created
-        if when is not None and (self.newest_key is None or (when, name) > self.newest_key):
-            self.newest_key = (when, name)
-            self.newest_state, self.newest_error = state, clip_text(st.error)
-        if (
-            state in BACKUP_IN_PROGRESS
-            and created is not None
-            and (self.oldest_in_progress is None or created < self.oldest_in_progress)
-        ):
-            self.oldest_in_progress = created
-        if state != "Completed" or when is None:
-            return
-        if self.last_success is None or when > self.last_success:
-            self.last_success, self.last_success_name = when, name
-            self.last_size = to_number(st.size)
-            self.last_uploaded = to_number(st.newly_upload_data_size)
-        local = done is not None and created is not None and created <= done
-        if local and (self.last_local is None or done > self.last_local):
-            self.last_local, self.last_latency = done, done - created
+    last_failure: float | None = None
 
 
 class BackupVolumeState(_Rec, frozen=True):
@@ -185,23 +156,27 @@ class BackupVolumeState(_Rec, frozen=True):
 
 class BackupTargetState(_Rec, frozen=True):
     name: str
-    available: bool
+    available: bool | None
     last_synced: float | None
     poll_interval: str
     conditions: tuple[Condition, ...]
 
 
 class DiskState(_Rec, frozen=True):
+    """A value the node does not report, or that cannot be read, is None."""
+
     name: str
     path: str
-    capacity: float
-    available: float
-    scheduled: float
-    reserved: float
+    capacity: float | None
+    available: float | None
+    scheduled: float | None
+    reserved: float | None
     conditions: tuple[Condition, ...]
 
     @property
-    def usage(self) -> float:
+    def usage(self) -> float | None:
+        if self.capacity is None or self.available is None:
+            return None
         return self.capacity - self.available
 
     @property
@@ -215,7 +190,7 @@ class DiskState(_Rec, frozen=True):
 
 class NodeState(_Rec, frozen=True):
     name: str
-    allow_scheduling: bool
+    allow_scheduling: bool | None
     conditions: tuple[Condition, ...]
     disks: tuple[DiskState, ...]
 
@@ -236,13 +211,17 @@ class NodeState(_Rec, frozen=True):
 
 
 class RecurringJobState(_Rec, frozen=True):
+    """A value that is absent or cannot be read is None. ``interval`` is the longest gap
+    between two consecutive runs of ``cron`` (None when it cannot be read)."""
+
     name: str
     task: str
     groups: tuple[str, ...]
     cron: str
-    retain: int
-    concurrency: int
-    executions: float
+    retain: int | None
+    concurrency: int | None
+    executions: float | None
+    interval: float | None
 
 
 class VolumeState(_Rec):
@@ -261,12 +240,16 @@ class VolumeState(_Rec):
     access_mode: str
     data_locality: str
     backup_target: str
-    number_of_replicas: int
-    capacity: float
-    actual_size: float
-    last_backup_at: float | None
+    number_of_replicas: int | None  # None: absent or unreadable, as every number here
+    capacity: float | None
+    actual_size: float | None
+    created: float | None
+    last_backup_at: float | None  # 0.0: never backed up ("" in the object)
     last_degraded_at: float | None
     conditions: tuple[Condition, ...]
+    # recurring-job.longhorn.io/<job> and recurring-job-group.longhorn.io/<group> labels
+    # set to "enabled"; None when the volume has neither kind (the "default" group applies)
+    job_labels: tuple[tuple[str, ...], tuple[str, ...]] | None
     # replicas
     replicas: int | None = None
     replicas_unscheduled: int | None = None
@@ -282,6 +265,8 @@ class VolumeState(_Rec):
     snapshots: SnapshotStats | None = None
     # backups: newest Completed backupCreatedAt over all targets; None = never
     backup_last_success: float | None = None
+    # recurringjobs: the shortest interval among the backup jobs that apply
+    backup_interval: float | None = None
     healthy: bool | None = None
 
 
@@ -298,6 +283,8 @@ class ClusterState:
     nodes: dict[str, NodeState]
     recurring_jobs: dict[str, RecurringJobState]
     settings: dict[str, str]
+    # nodes + replicas + engines: active replicas per node, by health
+    node_replicas: dict[str, dict[str, int]]
 
     def has(self, *resources: str) -> bool:
         return all(r in self.complete for r in resources)

@@ -6,6 +6,11 @@ page. The joins then put replicas, engines and volumes together by volume name, 
 and backups by volume, backups by (volume, backup target), using only the resources that
 listed completely: a resource that failed midway is ignored entirely, so its metrics are
 omitted rather than wrong.
+
+A value that is absent (missing, null, ``""``) is None in the records, and so is one that
+cannot be read; the latter is also counted (``PageInfo.unreadable``), for the debug output
+and ``longhorn_exporter_unreadable_values``. Nothing is ever read as 0 because it could
+not be read.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ from ..knobs import STEP
 from . import Join, wire
 from .health import count_replicas, volume_healthy
 from .records import (
+    BACKUP_IN_PROGRESS,
+    BACKUP_STATE_OF,
+    BACKUP_TASKS,
     DEFAULT_BACKUP_TARGET,
+    DEFAULT_JOB_GROUP,
+    NODE_REPLICA_STATES,
     ROBUSTNESS,
     TRIAGE_SETTINGS,
     BackupStats,
@@ -37,16 +47,21 @@ from .records import (
     VolumeState,
     condition,
 )
-from .wire import clip_text, decode_page, intern, label_of, parse_time, to_number
+from .wire import clip_text, cron_interval, decode_page, intern, label_of, parse_time, to_number
+
+JOB_LABEL = "recurring-job.longhorn.io/"
+GROUP_LABEL = "recurring-job-group.longhorn.io/"
 
 
 @dataclass(slots=True, frozen=True)
 class PageInfo:
     """What one page held: objects reduced, objects skipped because they did not decode
-    (or had no name), and the list metadata needed to fetch the next page."""
+    (or had no name), values that could not be read (their samples are absent), and the
+    list metadata needed to fetch the next page."""
 
     items: int
     malformed: int
+    unreadable: int
     continue_token: str
     resource_version: str
 
@@ -69,6 +84,32 @@ def _conditions(raw: wire.Conds) -> tuple[Condition, ...]:
     return tuple(out.values())
 
 
+def _job_labels(meta: wire.Meta) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The recurring jobs and job groups a volume's labels enable; None without any."""
+    labels = meta.labels
+    if not labels:
+        return None
+    jobs = tuple(
+        sorted(
+            k[len(JOB_LABEL) :]
+            for k, v in labels.items()
+            if k.startswith(JOB_LABEL) and v == "enabled"
+        )
+    )
+    groups = tuple(
+        sorted(
+            k[len(GROUP_LABEL) :]
+            for k, v in labels.items()
+            if k.startswith(GROUP_LABEL) and v == "enabled"
+        )
+    )
+    return (jobs, groups) if jobs or groups else None
+
+
+_NO_SNAPSHOT_STATUS = wire.SnapshotStatus()
+_NO_BACKUP_STATUS = wire.BackupStatus()
+
+
 class ClusterReducer:
     """Reduces list pages into small per-resource aggregates as they arrive, then joins
     them. Not thread-safe; one reducer per refresh."""
@@ -85,8 +126,10 @@ class ClusterReducer:
         self._nodes: dict[str, NodeState] = {}
         self._jobs: dict[str, RecurringJobState] = {}
         self._settings: dict[str, str] = {}
+        self._node_replicas: dict[str, dict[str, int]] = {}
         self._volumes_sorted: dict[str, VolumeState] | None = None
         self._backups_joined: dict[tuple[str, str], BackupStats] | None = None
+        self._unreadable = 0  # in the page being reduced
         self._reduce: dict[str, Callable[[Any], None]] = {
             "volumes": self._volume,
             "replicas": self._replica,
@@ -110,16 +153,47 @@ class ClusterReducer:
         if reduce is None:
             raise ValueError(f"unknown Longhorn resource {resource!r}")
         items, malformed, meta = decode_page(resource, body)
+        self._unreadable = 0
         good = 0
-        for i, obj in enumerate(items):
-            if i % STEP == STEP - 1:
+        for start in range(0, len(items), STEP):
+            if start:
                 yield
-            if obj.metadata is None or not obj.metadata.name:
-                malformed += 1  # an object without a name cannot be joined or labelled
-                continue
-            reduce(obj)
-            good += 1
-        return PageInfo(good, malformed, meta.continue_ or "", meta.resource_version or "")
+            for obj in items[start : start + STEP]:
+                if obj.metadata is None or not obj.metadata.name:
+                    malformed += 1  # an object without a name cannot be joined or labelled
+                    continue
+                reduce(obj)
+                good += 1
+        return PageInfo(
+            good, malformed, self._unreadable, meta.continue_ or "", meta.resource_version or ""
+        )
+
+    # -- values: absent is None; unreadable is None and counted
+
+    def _num(self, raw: wire.Num) -> float | None:
+        if raw is None or raw == "":
+            return None
+        value = to_number(raw)
+        if value is None:
+            self._unreadable += 1
+        return value
+
+    def _int(self, raw: wire.Num) -> int | None:
+        value = self._num(raw)
+        return None if value is None else int(value)
+
+    def _time(self, raw: wire.Time) -> float | None:
+        if not raw or raw == "null":  # Longhorn writes the string "null" for never
+            return None
+        value = parse_time(raw)
+        if value is None:
+            self._unreadable += 1
+        return value
+
+    def _time_or_never(self, raw: wire.Time) -> float | None:
+        """A "last ... at" field: ``""`` or ``"null"`` means never (0); garbage is unknown
+        (None)."""
+        return 0.0 if not raw or raw == "null" else self._time(raw)
 
     # -- per resource: keep only what the metrics and the triage page need
 
@@ -128,7 +202,6 @@ class ClusterReducer:
         assert meta is not None
         kube = st.kubernetes_status or wire.KubeStatus()
         robustness = st.robustness if st.robustness in ROBUSTNESS else "unknown"
-        desired = to_number(spec.number_of_replicas)
         self._volumes[meta.name] = VolumeState(
             name=meta.name,
             pvc=kube.pvc_name,
@@ -142,12 +215,14 @@ class ClusterReducer:
             access_mode=intern(spec.access_mode),
             data_locality=intern(spec.data_locality),
             backup_target=intern(spec.backup_target_name or label_of(meta, "backup-target")),
-            number_of_replicas=int(desired) if desired is not None else 0,
-            capacity=to_number(spec.size) or 0.0,
-            actual_size=to_number(st.actual_size) or 0.0,
-            last_backup_at=parse_time(st.last_backup_at),
-            last_degraded_at=parse_time(st.last_degraded_at),
+            number_of_replicas=self._int(spec.number_of_replicas),
+            capacity=self._num(spec.size),
+            actual_size=self._num(st.actual_size),
+            created=self._time(meta.creation_timestamp),
+            last_backup_at=self._time_or_never(st.last_backup_at),
+            last_degraded_at=self._time(st.last_degraded_at),
             conditions=_conditions(st.conditions),
+            job_labels=_job_labels(meta),
         )
 
     def _replica(self, r: wire.Replica) -> None:
@@ -166,11 +241,13 @@ class ClusterReducer:
         meta, spec, st = e.metadata, e.spec or wire.EngineSpec(), e.status or wire.EngineStatus()
         assert meta is not None
         volume = spec.volume_name or label_of(meta, "longhornvolume")
-        rebuilding: dict[str, float] = {}
+        rebuilding: dict[str, float | None] = {}
         for addr, rs in (st.rebuild_status or {}).items():
             if rs is not None and rs.is_rebuilding:
-                progress = to_number(rs.progress) or 0.0
-                rebuilding[addr.removeprefix("tcp://")] = min(max(progress / 100.0, 0.0), 1.0)
+                progress = self._num(rs.progress)
+                rebuilding[addr.removeprefix("tcp://")] = (
+                    None if progress is None else min(max(progress / 100.0, 0.0), 1.0)
+                )
         ro = condition(_conditions(st.conditions), "FilesystemReadOnly")
         self._engines.setdefault(volume, {})[meta.name] = EngineRec(
             name=meta.name,
@@ -184,33 +261,81 @@ class ClusterReducer:
         )
 
     def _snapshot(self, s: wire.Snapshot) -> None:
-        meta, spec, st = (
-            s.metadata,
-            s.spec or wire.SnapshotSpec(),
-            s.status or wire.SnapshotStatus(),
-        )
+        # The hottest path of a refresh (20 snapshots per volume is common): written out.
+        meta = s.metadata
         assert meta is not None
-        if meta.name == "volume-head":
+        name = meta.name
+        if name == "volume-head":
             return
-        volume = spec.volume or label_of(meta, "longhornvolume")
+        spec = s.spec
+        volume = (spec.volume if spec is not None else "") or label_of(meta, "longhornvolume")
         stats = self._snapshots.get(volume)
         if stats is None:
             stats = self._snapshots[volume] = SnapshotStats()
+        st = s.status or _NO_SNAPSHOT_STATUS
         if st.mark_removed:
             stats.removed += 1
             return
-        ident = hash((meta.name, st.creation_time or ""))
-        stats.add(ident, to_number(st.size), parse_time(st.creation_time))
+        created = st.creation_time
+        ident = hash((name, created or ""))
+        ids = stats.ids
+        assert isinstance(ids, set), "snapshot stats are frozen once joined"
+        if ident in ids:  # the same snapshot on two pages of a list that moved meanwhile
+            return
+        ids.add(ident)
+        stats.count += 1
+        size = st.size
+        if type(size) is not int:
+            size = self._num(size)
+        if size is None:
+            stats.size_bytes = None
+        elif stats.size_bytes is not None:
+            stats.size_bytes += size
+        when = self._time(created)
+        if when is not None:
+            if stats.oldest is None or when < stats.oldest:
+                stats.oldest = when
+            if stats.newest is None or when > stats.newest:
+                stats.newest = when
 
     def _backup(self, b: wire.Backup) -> None:
-        meta, st = b.metadata, b.status or wire.BackupStatus()
+        meta = b.metadata
         assert meta is not None
+        st = b.status or _NO_BACKUP_STATUS
         volume = label_of(meta, "backup-volume") or st.volume_name
         target = st.backup_target_name or label_of(meta, "backup-target") or DEFAULT_BACKUP_TARGET
         stats = self._backups.get((volume, target))
         if stats is None:
             stats = self._backups[(volume, target)] = BackupStats()
-        stats.add(meta.name, st, parse_time(meta.creation_timestamp))
+        name = meta.name
+        created = self._time(meta.creation_timestamp)
+        state = BACKUP_STATE_OF.get(st.state, "Unknown")
+        stats.counts[state] += 1
+        done = self._time(st.backup_created_at)
+        when = done if done is not None else created
+        if when is not None and (stats.newest_key is None or (when, name) > stats.newest_key):
+            stats.newest_key = (when, name)
+            stats.newest_state, stats.newest_error = state, clip_text(st.error)
+        if created is not None:
+            if state in BACKUP_IN_PROGRESS and (
+                stats.oldest_in_progress is None or created < stats.oldest_in_progress
+            ):
+                stats.oldest_in_progress = created
+            if state == "Error" and (stats.last_failure is None or created > stats.last_failure):
+                stats.last_failure = created
+        if state != "Completed" or when is None:
+            return
+        if stats.last_success is None or when > stats.last_success:
+            stats.last_success, stats.last_success_name = when, name
+            stats.last_size = self._num(st.size)
+            stats.last_uploaded = self._num(st.newly_upload_data_size)
+        if (
+            done is not None
+            and created is not None
+            and created <= done
+            and (stats.last_local is None or done > stats.last_local)
+        ):
+            stats.last_local, stats.last_latency = done, done - created
 
     def _backup_volume(self, bv: wire.BackupVolume) -> None:
         meta = bv.metadata
@@ -220,7 +345,7 @@ class ClusterReducer:
         volume = spec.volume_name or label_of(meta, "backup-volume") or meta.name
         target = spec.backup_target_name or label_of(meta, "backup-target") or DEFAULT_BACKUP_TARGET
         self._backup_volumes[(volume, target)] = BackupVolumeState(
-            parse_time(st.last_backup_at), st.last_backup_name
+            self._time_or_never(st.last_backup_at), st.last_backup_name
         )
 
     def _backup_target(self, t: wire.BackupTarget) -> None:
@@ -229,8 +354,8 @@ class ClusterReducer:
         assert meta is not None
         self._targets[meta.name] = BackupTargetState(
             name=meta.name,
-            available=bool(st.available),
-            last_synced=parse_time(st.last_synced_at),
+            available=st.available,
+            last_synced=self._time_or_never(st.last_synced_at),
             poll_interval=spec.poll_interval,
             conditions=_conditions(st.conditions),
         )
@@ -249,16 +374,16 @@ class ClusterReducer:
                     DiskState(
                         name=name,
                         path=dspec.path,
-                        capacity=to_number(dst.storage_maximum) or 0.0,
-                        available=to_number(dst.storage_available) or 0.0,
-                        scheduled=to_number(dst.storage_scheduled) or 0.0,
-                        reserved=to_number(dspec.storage_reserved) or 0.0,
+                        capacity=self._num(dst.storage_maximum),
+                        available=self._num(dst.storage_available),
+                        scheduled=self._num(dst.storage_scheduled),
+                        reserved=self._num(dspec.storage_reserved),
                         conditions=_conditions(dst.conditions),
                     )
                 )
         self._nodes[meta.name] = NodeState(
             name=meta.name,
-            allow_scheduling=bool(spec.allow_scheduling),
+            allow_scheduling=spec.allow_scheduling,
             conditions=_conditions(st.conditions),
             disks=tuple(disks),
         )
@@ -267,14 +392,18 @@ class ClusterReducer:
         meta = j.metadata
         spec, st = j.spec or wire.RecurringJobSpec(), j.status or wire.RecurringJobStatus()
         assert meta is not None
+        interval = cron_interval(spec.cron) if spec.cron else None
+        if spec.cron and interval is None:
+            self._unreadable += 1
         self._jobs[meta.name] = RecurringJobState(
             name=meta.name,
             task=spec.task,
             groups=tuple(sorted(set(spec.groups or ()))),
             cron=spec.cron,
-            retain=int(to_number(spec.retain) or 0),
-            concurrency=int(to_number(spec.concurrency) or 0),
-            executions=to_number(st.execution_count) or 0.0,
+            retain=self._int(spec.retain),
+            concurrency=self._int(spec.concurrency),
+            executions=self._num(st.execution_count),
+            interval=interval,
         )
 
     def _setting(self, s: wire.Setting) -> None:
@@ -298,6 +427,8 @@ class ClusterReducer:
             yield from self._join_snapshots(volumes)
         elif join.name == "backups" and "backups" in complete:
             backups = self._joined_backups(volumes)
+        elif join.name == "recurringjobs" and "recurringjobs" in complete:
+            yield from self._join_recurring_jobs(volumes)
         return self._state(complete, volumes, backups)
 
     def state(self, complete: frozenset[str]) -> ClusterState:
@@ -316,6 +447,7 @@ class ClusterReducer:
     ) -> Iterator[None]:
         with_replicas = "replicas" in complete
         with_engines = "engines" in complete
+        per_node = self._node_replicas
         for i, vs in enumerate(volumes.values()):
             if i % STEP == STEP - 1:
                 yield
@@ -324,9 +456,17 @@ class ClusterReducer:
             if with_engines:
                 vs.read_only = engine is not None and engine.read_only
                 if engine is not None and engine.rebuilding:
-                    vs.rebuild_progress = min(engine.rebuilding.values())
+                    known = [p for p in engine.rebuilding.values() if p is not None]
+                    vs.rebuild_progress = min(known) if known else None
             if replicas is not None:
                 count_replicas(vs, replicas, engine, with_engines)
+                if with_engines:
+                    for r in vs.replica_views:
+                        if r.active and r.node and r.health != "unscheduled":
+                            counts = per_node.get(r.node)
+                            if counts is None:
+                                counts = per_node[r.node] = dict.fromkeys(NODE_REPLICA_STATES, 0)
+                            counts[r.health or "stopped"] += 1
             vs.healthy = volume_healthy(vs)
 
     def _join_snapshots(self, volumes: dict[str, VolumeState]) -> Iterator[None]:
@@ -350,6 +490,29 @@ class ClusterReducer:
                     vs.backup_last_success = stats.last_success
             self._backups_joined = backups
         return self._backups_joined
+
+    def _join_recurring_jobs(self, volumes: dict[str, VolumeState]) -> Iterator[None]:
+        """Each volume's backup interval: the shortest among the backup jobs that apply to
+        it, by its job labels, its group labels, or the ``default`` group without any."""
+        backup_jobs = [j for j in self._jobs.values() if j.task in BACKUP_TASKS]
+        by_name = {j.name: j.interval for j in backup_jobs}
+        by_group: dict[str, list[float | None]] = {}
+        for j in backup_jobs:
+            for group in j.groups:
+                by_group.setdefault(group, []).append(j.interval)
+        default = by_group.get(DEFAULT_JOB_GROUP, [])
+        for i, vs in enumerate(volumes.values()):
+            if i % STEP == STEP - 1:
+                yield
+            if vs.job_labels is None:
+                intervals = default
+            else:
+                jobs, groups = vs.job_labels
+                intervals = [by_name[j] for j in jobs if j in by_name]
+                for group in groups:
+                    intervals += by_group.get(group, ())
+            known = [x for x in intervals if x is not None]
+            vs.backup_interval = min(known) if known else None
 
     def _state(
         self,
@@ -375,6 +538,7 @@ class ClusterReducer:
                 dict(sorted(self._jobs.items())) if "recurringjobs" in complete else {}
             ),
             settings=dict(self._settings) if "settings" in complete else {},
+            node_replicas=self._node_replicas,
         )
 
 

@@ -12,13 +12,18 @@ never formatted into markup.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import msgspec
+from croniter import croniter
+from croniter.croniter import CroniterError
 from msgspec import UNSET, UnsetType
+
+from ..config import parse_duration
 
 MAX_TEXT = 500  # cap on free text (condition messages, backup errors) kept for triage
 
@@ -30,7 +35,11 @@ class PageError(ValueError):
 
 # --------------------------------------------------------------------------- decoding
 
-Num = int | float | str | None  # sizes: JSON integer, decimal string, or "" per version
+# Numbers and times are decoded as whatever JSON value arrives: sizes are a JSON integer,
+# a decimal string or "" depending on the field and the version, and a value of the wrong
+# type must cost only its own sample (``to_number``/``parse_time`` read it), not the object.
+Num = Any
+Time = Any
 
 
 class _S(msgspec.Struct, rename="camel", gc=False):
@@ -51,7 +60,7 @@ Conds = list[Cond] | dict[str, Cond] | None  # v1beta2 list, v1beta1 map keyed b
 class Meta(_S):
     name: str = ""
     labels: dict[str, str] | None = None
-    creation_timestamp: str | None = None
+    creation_timestamp: Time = None
 
 
 class ListMeta(_S):
@@ -90,8 +99,8 @@ class VolumeStatus(_S):
     current_node_id: str = msgspec.field(default="", name="currentNodeID")
     actual_size: Num = None
     last_backup: str = ""
-    last_backup_at: str | None = None
-    last_degraded_at: str | None = None
+    last_backup_at: Time = None
+    last_degraded_at: Time = None
     is_standby: bool | None = None
     conditions: Conds = None
     kubernetes_status: KubeStatus | None = None
@@ -151,7 +160,7 @@ class SnapshotSpec(_S):
 
 
 class SnapshotStatus(_S):
-    creation_time: str | None = None
+    creation_time: Time = None
     size: Num = None
     mark_removed: bool | None = None
 
@@ -164,7 +173,7 @@ class Snapshot(_S):
 
 class BackupStatus(_S):
     state: str = ""
-    backup_created_at: str | None = None
+    backup_created_at: Time = None
     size: Num = None
     newly_upload_data_size: Num = None
     volume_name: str = ""
@@ -183,7 +192,7 @@ class BackupVolumeSpec(_S):
 
 
 class BackupVolumeStatus(_S):
-    last_backup_at: str | None = None
+    last_backup_at: Time = None
     last_backup_name: str = ""
 
 
@@ -199,7 +208,7 @@ class BackupTargetSpec(_S):
 
 class BackupTargetStatus(_S):
     available: bool | None = None
-    last_synced_at: str | None = None
+    last_synced_at: Time = None
     conditions: Conds = None
 
 
@@ -321,14 +330,14 @@ def _short(text: str, limit: int = 160) -> str:
 # --------------------------------------------------------------------------- values
 
 
-def parse_time(value: str | None) -> float | None:
+def parse_time(value: Time) -> float | None:
     """RFC 3339 (Longhorn's own second-precision UTC stamps, or metav1.Time) to Unix
-    seconds. ``""``, ``null``, the string ``"null"`` and garbage are None."""
+    seconds. ``""``, ``null``, the string ``"null"``, other types and garbage are None."""
     if not value:
         return None
     try:
         dt = datetime.fromisoformat(value)
-    except ValueError:
+    except (ValueError, TypeError):
         return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
@@ -340,17 +349,52 @@ def to_number(value: Num) -> float | None:
     of a decimal string rounds exactly as ``float(int(...))`` does, and takes surrounding
     spaces; one call instead of three matters at 60,000 objects a refresh.)"""
     if isinstance(value, str):
+        if "_" in value:  # float() takes "1_000"; Kubernetes' int64 strings never have it
+            return None
         try:
             number = float(value)
         except ValueError:
             return None
-    elif value is None or isinstance(value, bool):
-        return None
-    else:
+    elif isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)
+    else:  # None, true/false, an object or a list
+        return None
     return number if math.isfinite(number) else None
 
 
+@functools.lru_cache(maxsize=256)
+def cron_interval(cron: str) -> float | None:
+    """The longest gap between two consecutive runs of a cron schedule, in seconds, over
+    its next ``CRON_RUNS`` runs (or a year, whichever ends first), so that nothing is
+    called overdue between two scheduled runs (a weekdays-only daily job: 3 days). Longhorn
+    accepts the standard five fields and the ``@daily``-style descriptors (croniter reads
+    both), and ``@every <duration>``. None when it cannot be read."""
+    cron = cron.strip()
+    if cron.startswith("@every "):
+        try:
+            seconds = parse_duration(cron.removeprefix("@every ").strip(), "cron")
+        except ValueError:
+            return None
+        return seconds if seconds > 0 else None
+    try:
+        runs = croniter(cron, CRON_ANCHOR)
+        previous = runs.get_next(float)
+        longest = 0.0
+        for _ in range(CRON_RUNS):
+            run = runs.get_next(float)
+            longest = max(longest, run - previous)
+            if run - CRON_ANCHOR.timestamp() > 366 * 86400:
+                break
+            previous = run
+    except (CroniterError, ValueError, KeyError, TypeError, OverflowError):
+        return None
+    return longest or None
+
+
+# A Monday at midnight UTC; Longhorn's recurring jobs run as Kubernetes CronJobs, in UTC.
+CRON_ANCHOR = datetime(2001, 1, 1, tzinfo=UTC)
+# Enough runs to see a week's pattern for anything hourly or slower (~20 ms, once a job).
+CRON_RUNS = 400
 intern = sys.intern  # enum-like strings repeat on every object: keep one copy of each
 
 

@@ -48,7 +48,7 @@ def refresh_of(name: str, state: ClusterState | None, error: str | None = None) 
         calls=[],
         resources={r: ResourceResult(ok=ok, objects=1, pages=1, error=error) for r in RESOURCES},
         state=state,
-        rendered=render([], name),  # the pages never serve the metrics
+        rendered=render([]),  # the pages never serve the metrics
     )
 
 
