@@ -21,6 +21,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -544,10 +545,15 @@ def test_kube_prometheus_stack_overlay_is_the_base_plus_operator_kinds_and_dashb
 
     extra = names(kps) - names(base)
     assert {kind for kind, _ in extra} == OPERATOR_KINDS | {"ConfigMap"}
-    # Nothing of the base is lost or changed but for the release label's absence.
+    # Nothing of the base is lost or changed, but for the image's registry.
     assert names(base) <= names(kps)
     for doc in base:
         (same,) = [d for d in kps if d["kind"] == doc["kind"] and d["metadata"] == doc["metadata"]]
+        if doc["kind"] == "Deployment":
+            same = copy.deepcopy(same)
+            (c,) = same["spec"]["template"]["spec"]["containers"]
+            assert c["image"] == "registry.example.com/fleet-exporter:0.1.0"
+            c["image"] = container(doc["spec"]["template"])["image"]
         assert same == doc
 
 
@@ -609,13 +615,35 @@ def mentions_namespace(value: str, namespace: str) -> bool:
     return bool(re.search(rf"(^|[./:]){re.escape(namespace)}($|[./:])", value))
 
 
+def copied_overlay(tmp_path: Path) -> Path:
+    """A copy of deploy/ to edit; returns its kube-prometheus-stack/kustomization.yaml."""
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    return tmp_path / "deploy" / "kube-prometheus-stack" / "kustomization.yaml"
+
+
+def test_readme_fleet_yaml_snippet_replaces_the_shipped_settings(tmp_path) -> None:
+    """deploy/README.md's configMapGenerator snippet, added to the overlay with a
+    fleet.yaml beside it, replaces the base's settings and the pods mount the new one."""
+    readme = (DEPLOY / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "replace" in b]
+    overlay = copied_overlay(tmp_path)
+    overlay.write_text(overlay.read_text() + textwrap.dedent(snippet))
+    ours = "defaults:\n  cache_ttl: 55s\nclusters:\n  east-1:\n    labels: {env: prod}\n"
+    (overlay.parent / "fleet.yaml").write_text(ours)
+    docs = kustomize(overlay.parent)
+    (cm,) = [d for d in docs if d["metadata"]["name"].startswith("fleet-exporter-config")]
+    assert cm["data"] == {"fleet.yaml": ours}
+    volumes = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    (projected,) = [v["projected"] for v in volumes if v["name"] == "clusters"]
+    assert {"configMap": {"name": cm["metadata"]["name"], "items": ANY}} in projected["sources"]
+
+
 def test_namespace_is_set_in_one_place(tmp_path) -> None:
     """Changing the overlay's one `namespace:` line moves everything: every object, the
     ScrapeConfig's URLs, and (by naming none) the NetworkPolicy's Prometheus peer."""
-    text = (KPS / "kustomization.yaml").read_text()
+    overlay = copied_overlay(tmp_path)
+    text = overlay.read_text()
     assert len(re.findall(r"^namespace: (\S+)$", text, re.M)) == 1
-    shutil.copytree(DEPLOY, tmp_path / "deploy")
-    overlay = tmp_path / "deploy" / "kube-prometheus-stack" / "kustomization.yaml"
     overlay.write_text(
         re.sub(r"^namespace: \S+$", "namespace: cattle-monitoring-system", text, flags=re.M)
     )
