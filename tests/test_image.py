@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,12 @@ def image() -> Iterator[str]:
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} not found: run `make image-test`, which installs it")
     base = ok(run(str(REPO / "scripts" / "local-base-image.sh"), timeout=900)).strip()
+    build(REPO, IMAGE, f"--build-arg=PYTHON_IMAGE={base}")
+    yield IMAGE
+    run("podman", "rmi", "--force", IMAGE)
+
+
+def build(context: Path, tag: str, *options: str) -> None:
     ok(
         run(
             "buildah",
@@ -77,14 +84,12 @@ def image() -> Iterator[str]:
             "--network=host",
             # pip in the build reaches PyPI through this machine's TLS trust store.
             "--volume=/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
-            f"--build-arg=PYTHON_IMAGE={base}",
-            f"--tag={IMAGE}",
-            str(REPO),
+            *options,
+            f"--tag={tag}",
+            str(context),
             timeout=900,
         )
     )
-    yield IMAGE
-    run("podman", "rmi", "--force", IMAGE)
 
 
 def in_image(image: str, *command: str) -> str:
@@ -134,7 +139,7 @@ def simulated_fleet(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     try:
         line = sim.stdout.readline() if sim.stdout else ""
         assert line.startswith("READY "), f"simulator: {line!r}"
-        names = sorted(p.stem for p in clusters.glob("*.yaml"))
+        names = sorted(p.stem for p in clusters.glob("*.yaml") if p.name != "fleet.yaml")
         # Readable by the exporter only, as the Deployment's fsGroup and 0440 make them.
         for path in [clusters, *clusters.iterdir()]:
             os.chown(path, UID, UID)
@@ -143,18 +148,17 @@ def simulated_fleet(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
         stop_process(sim)
 
 
-def test_image_serves_health_and_a_real_probe(image, simulated_fleet) -> None:
-    clusters, names = simulated_fleet
-    assert names
+@contextmanager
+def serving(image: str, clusters: Path) -> Iterator[str]:
+    """Run `image` as the Deployment runs it: non-root, read-only root filesystem with a
+    small /tmp, no capabilities, no privilege escalation, the clusters directory
+    read-only. Yields the exporter's URL once /healthz answers; stops the container."""
     port = free_port()
-    name = f"fleet-exporter-image-test-{os.getpid()}"
-    # As the Deployment runs it: non-root, read-only root filesystem with a small /tmp,
-    # no capabilities, no privilege escalation, the clusters directory read-only.
     container = ok(
         run(
             *RUN,
             "--detach",
-            f"--name={name}",
+            f"--name=fleet-exporter-image-test-{os.getpid()}-{port}",
             "--network=host",  # the simulator listens on the host's loopback
             f"--user={UID}:{UID}",
             "--read-only",
@@ -168,29 +172,90 @@ def test_image_serves_health_and_a_real_probe(image, simulated_fleet) -> None:
             *("--listen", f"127.0.0.1:{port}"),
         )
     ).strip()
-    url = f"http://127.0.0.1:{port}"
 
     def alive(what: str) -> None:
         state = run("podman", "inspect", "--format={{.State.Running}}", container).stdout
         if state.strip() != "true":
             raise RuntimeError(f"the container stopped while waiting for {what}")
 
+    url = f"http://127.0.0.1:{port}"
     try:
         poll(lambda: http(f"{url}/healthz", timeout=1)[0] == 200, 30, "/healthz", 0.1, alive)
-        poll(lambda: http(f"{url}/-/ready", timeout=1)[0] == 200, 30, "/-/ready")
-        status, body = http(f"{url}/targets")
-        assert status == 200
-        assert sorted(t for group in json.loads(body) for t in group["targets"]) == names
-        status, body = http(f"{url}/probe?cluster={names[0]}", timeout=60)
-        text = body.decode()
-        assert status == 200, text
-        assert f'probe_success{{cluster="{names[0]}"}} 1' in text, text[:2000]
-        assert re.search(rf'longhorn_volume_robustness\{{cluster="{names[0]}",', text)
-        status, body = http(f"{url}/metrics")
-        assert status == 200 and b"fleet_exporter_cluster_configured" in body
+        yield url
     except BaseException:
         print(run("podman", "logs", container).stderr[-4000:])
         raise
     finally:
         run("podman", "stop", "--time=10", container, timeout=60)
         run("podman", "rm", "--force", container)
+
+
+def probe(url: str, cluster: str) -> str:
+    status, body = http(f"{url}/probe?cluster={cluster}&debug=true", timeout=60)
+    text = body.decode()
+    assert status == 200, text
+    assert f'probe_success{{cluster="{cluster}"}} 1' in text, text[:3000]
+    return text
+
+
+def test_image_serves_health_and_a_real_probe(image, simulated_fleet) -> None:
+    clusters, names = simulated_fleet
+    assert names
+    with serving(image, clusters) as url:
+        poll(lambda: http(f"{url}/-/ready", timeout=1)[0] == 200, 30, "/-/ready")
+        status, body = http(f"{url}/targets")
+        assert status == 200
+        assert sorted(t for group in json.loads(body) for t in group["targets"]) == names
+        text = probe(url, names[0])
+        assert re.search(rf'longhorn_volume_robustness\{{cluster="{names[0]}",', text)
+        status, body = http(f"{url}/metrics")
+        assert status == 200 and b"fleet_exporter_cluster_configured" in body
+
+
+# A stand-in for kubelogin, gke-gcloud-auth-plugin, aws...: caches under $HOME as they do,
+# then prints the ExecCredential with the token the kubeconfig hands it.
+FAKE_PLUGIN = """#!/bin/sh
+set -e
+mkdir -p "$HOME/.kube/cache"
+echo cached > "$HOME/.kube/cache/token"
+printf '{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+  "status": {"token": "%s"}}' "$FAKE_TOKEN"
+"""
+
+
+def test_a_derived_image_adds_an_exec_plugin(image, simulated_fleet, tmp_path) -> None:
+    """deploy/README.md's derived image, built on this image with stand-in plugins: a
+    cluster whose kubeconfig gets its token from `kubelogin` is probed successfully."""
+    readme = (DEPLOY / "README.md").read_text()
+    (dockerfile,) = re.findall(r"```dockerfile\n(.*?)```", readme, re.S)
+    (copy,) = [ln.split()[1:] for ln in dockerfile.splitlines() if ln.startswith("COPY ")]
+    *plugins, destination = copy
+    assert "kubelogin" in plugins and destination == "/usr/local/bin/"
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(dockerfile)
+    for plugin in plugins:
+        (context / plugin).write_text(FAKE_PLUGIN)
+        (context / plugin).chmod(0o755)
+    derived = f"{IMAGE}-plugins"
+    build(context, derived, f"--build-arg=FLEET_EXPORTER_IMAGE={image}")
+    try:
+        clusters, _ = simulated_fleet
+        path, config = next(
+            (p, c)
+            for p in sorted(clusters.glob("*.yaml"))
+            if "token" in (c := yaml.safe_load(p.read_text())).get("users", [{}])[0].get("user", {})
+        )
+        user = config["users"][0]["user"]
+        user["exec"] = {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "kubelogin",
+            "args": ["get-token"],
+            "env": [{"name": "FAKE_TOKEN", "value": user.pop("token")}],
+            "interactiveMode": "Never",
+        }
+        path.write_text(yaml.safe_dump(config))
+        with serving(derived, clusters) as url:
+            probe(url, path.stem)
+    finally:
+        run("podman", "rmi", "--force", derived)
