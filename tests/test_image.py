@@ -30,7 +30,8 @@ from .prometheus_harness import DEPLOY, REPO, free_port, http, poll, stop_proces
 
 pytestmark = pytest.mark.image
 
-IMAGE = "localhost/fleet-exporter:image-test"
+# Per run, so that two runs on one machine never remove each other's image.
+IMAGE = f"localhost/fleet-exporter:image-test-{os.getpid()}"
 UID = 65532
 # This VM grants no CAP_SYS_RESOURCE, so the runtime cannot raise rlimits to podman's
 # defaults; crun also refuses its hybrid cgroups, runc does not.
