@@ -62,7 +62,7 @@ def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.fail(
-            f"{name} not found on PATH: install {PACKAGES.get(name, name)} (.ci/run does)",
+            f"{name} not found on PATH: install {PACKAGES.get(name, name)} (make test does)",
             pytrace=False,
         )
     return path

@@ -1,26 +1,35 @@
 """Kubernetes manifests and the container image definition, checked offline.
 
-Every kustomization under deploy/ renders with the real `kubectl kustomize`; every
-built-in kind validates strictly against the Kubernetes schemas bundled with
-kubernetes-validate (oldest and newest version); Prometheus Operator kinds are checked
-against the fields of their CRDs (prometheus-operator 6adcebc5, ~v0.93). Then the pieces
-are checked against each other and against the exporter itself: ports, paths, users,
-selectors, the CLI flags, the RBAC resource list, and fleet.yaml through the real loader.
-The Dockerfile is parsed (Docker cannot build here).
+Every kustomization under deploy/ renders with the real `kubectl kustomize` (components
+through the kube-prometheus-stack overlay); every built-in kind validates strictly against
+the Kubernetes schemas bundled with kubernetes-validate (oldest and newest version);
+Prometheus Operator kinds validate against the Operator's own CRD schemas (its release
+bundle.yaml as pydantic models, cloudcoil-models-prometheus-operator: types, enums,
+patterns, required fields, and no field the API server would prune), and against the
+fields of their CRDs (prometheus-operator 6adcebc5, ~v0.93). Then the pieces are checked
+against each other and against the exporter itself: ports, paths, users, selectors, the
+CLI flags, the RBAC resource list, and fleet.yaml through the real loader. The Dockerfile
+is parsed here; tests/test_image.py builds and runs it (make image-test).
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import kubernetes_validate
 import kubernetes_validate.utils
+import pydantic
 import pytest
 import yaml
 
@@ -30,7 +39,16 @@ from fleet_exporter.longhorn import RESOURCES
 
 from .prometheus_harness import DEPLOY, REPO, require_binary
 
-KUSTOMIZATIONS = sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml"))
+
+def kustomization_kind(directory: Path) -> str:
+    return yaml.safe_load((directory / "kustomization.yaml").read_text())["kind"]
+
+
+ALL_KUSTOMIZATION_DIRS = sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml"))
+KUSTOMIZATIONS = [d for d in ALL_KUSTOMIZATION_DIRS if kustomization_kind(d) == "Kustomization"]
+# Components are rendered through the overlays that use them.
+COMPONENTS = [d for d in ALL_KUSTOMIZATION_DIRS if kustomization_kind(d) == "Component"]
+KPS = DEPLOY / "kube-prometheus-stack"
 # Manifests applied on their own, not through a kustomization.
 STANDALONE = [DEPLOY / "prometheus" / "operator" / "probe.yaml"]
 
@@ -70,7 +88,20 @@ def all_documents(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[s
 
 def test_the_expected_kustomizations_exist() -> None:
     names = {str(d.relative_to(DEPLOY)) for d in KUSTOMIZATIONS}
-    assert names == {"kubernetes", "target-cluster", "alerts", "prometheus/operator"}
+    assert names == {
+        "kubernetes",
+        "target-cluster",
+        "alerts",
+        "prometheus/operator",
+        "kube-prometheus-stack",
+    }
+    assert {str(d.relative_to(DEPLOY)) for d in COMPONENTS} == {
+        "kubernetes/prometheus-operator",
+        "grafana",
+    }
+    # Every component is used, so every one is rendered and validated below.
+    overlay = yaml.safe_load((KPS / "kustomization.yaml").read_text())
+    assert {(KPS / c).resolve() for c in overlay["components"]} == set(COMPONENTS)
 
 
 # -- schema validation -------------------------------------------------------------------
@@ -232,10 +263,134 @@ def test_operator_kinds_use_only_crd_fields(rendered) -> None:
     assert seen == {"ServiceMonitor", "ScrapeConfig", "Probe", "PrometheusRule"}
 
 
+# The Operator's own CRD schemas: cloudcoil-models-prometheus-operator generates a pydantic
+# model per kind from the Operator's release bundle.yaml (deploy/README.md says why this
+# source). Validation catches wrong types, enum values, patterns and missing required
+# fields. A CRD schema leaves unknown fields to the API server, which prunes them silently:
+# what the model does not keep (a misspelt or snake_case field, a coerced value) is
+# reported too, by comparing the document with the model's dump of it.
+def crd_model(doc: dict[str, Any]) -> type[pydantic.BaseModel]:
+    group, _, version = doc["apiVersion"].partition("/")
+    assert group == "monitoring.coreos.com", doc["apiVersion"]
+    module = importlib.import_module(f"cloudcoil.models.prometheus_operator.{version}")
+    return getattr(module, doc["kind"])
+
+
+def differences(wrote: Any, kept: Any, path: str = "") -> list[str]:
+    if isinstance(wrote, dict) and isinstance(kept, dict):
+        out = []
+        for key, value in wrote.items():
+            if key in kept:
+                out += differences(value, kept[key], f"{path}.{key}")
+            else:
+                out.append(f"{path}.{key}: not in the CRD schema (the API server prunes it)")
+        return out
+    if isinstance(wrote, list) and isinstance(kept, list) and len(wrote) == len(kept):
+        return [
+            d
+            for i, pair in enumerate(zip(wrote, kept, strict=True))
+            for d in differences(*pair, f"{path}[{i}]")
+        ]
+    if wrote != kept or type(wrote) is not type(kept):
+        return [f"{path}: {wrote!r} is read as {kept!r}"]
+    return []
+
+
+def crd_violations(doc: dict[str, Any]) -> list[str]:
+    try:
+        obj = crd_model(doc).model_validate(doc)
+    except pydantic.ValidationError as e:
+        return [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+    return differences(doc, obj.model_dump(mode="json", by_alias=True, exclude_unset=True))
+
+
+def operator_documents(rendered) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (source, doc)
+        for source, doc in all_documents(rendered)
+        if doc["apiVersion"].startswith("monitoring.coreos.com/")
+    ]
+
+
+def test_operator_kinds_validate_against_the_operators_crd_schemas(rendered) -> None:
+    checked = set()
+    for source, doc in operator_documents(rendered):
+        problems = crd_violations(doc)
+        assert not problems, f"{source}: {doc['kind']}/{doc['metadata']['name']}: {problems}"
+        checked.add((source, doc["kind"]))
+    assert {kind for _, kind in checked} == {
+        "ServiceMonitor",
+        "ScrapeConfig",
+        "Probe",
+        "PrometheusRule",
+    }
+    assert ("kube-prometheus-stack", "ServiceMonitor") in checked
+
+
+def parent(doc: dict[str, Any], path: str) -> tuple[Any, Any]:
+    """The node holding the last part of a dotted path ("spec.endpoints.0.port"), and
+    that part (an int for a list index)."""
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node: Any = doc
+    for part in parents:
+        node = node[part]
+    return node, last
+
+
+def set_at(path: str, value: Any) -> Any:
+    def mutate(doc: dict[str, Any]) -> None:
+        node, key = parent(doc, path)
+        node[key] = value
+
+    return mutate
+
+
+def rename(path: str, new: str) -> Any:
+    def mutate(doc: dict[str, Any]) -> None:
+        node, key = parent(doc, path)
+        node[new] = node.pop(key)
+
+    return mutate
+
+
+# One wrong field each: (test id, kind, mutation).
+MUTATIONS = [
+    ("misspelt", "ScrapeConfig", rename("spec.jobName", "jobNmae")),
+    ("snake-case", "ScrapeConfig", rename("spec.jobName", "job_name")),
+    ("not-a-string", "ScrapeConfig", set_at("spec.scrapeInterval", 30)),
+    ("not-a-duration", "ScrapeConfig", set_at("spec.scrapeTimeout", "25 s")),
+    ("no-such-action", "ScrapeConfig", set_at("spec.relabelings.0.action", "rename")),
+    ("not-a-url", "ScrapeConfig", set_at("spec.httpSDConfigs.0.url", "exporter:9265/targets")),
+    ("nested", "ScrapeConfig", rename("spec.relabelings.0.sourceLabels", "source_labels")),
+    ("renamed", "ServiceMonitor", rename("spec.endpoints.0.scrapeTimeout", "timeout")),
+    ("not-an-enum-value", "ServiceMonitor", set_at("spec.endpoints.0.scheme", "tcp")),
+    ("rule-for", "PrometheusRule", set_at("spec.groups.0.rules.0.for", "five minutes")),
+    ("rule-expr", "PrometheusRule", rename("spec.groups.0.rules.0.expr", "expression")),
+    ("prober-scheme", "Probe", set_at("spec.prober.scheme", "ftp")),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "mutate"), [pytest.param(kind, mutate, id=name) for name, kind, mutate in MUTATIONS]
+)
+def test_the_crd_schema_check_catches_a_wrong_field(rendered, kind, mutate) -> None:
+    """The validation above can fail: one wrong field in a shipped object is reported."""
+    (doc,) = [d for _, d in operator_documents(rendered) if d["kind"] == kind][:1]
+    assert crd_violations(doc) == []
+    broken = copy.deepcopy(doc)
+    mutate(broken)
+    assert crd_violations(broken), f"{kind}: the mutation went unnoticed"
+
+
 # -- the exporter's Deployment --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def base(rendered) -> list[dict[str, Any]]:
     return rendered["kubernetes"]
+
+
+@pytest.fixture(scope="module")
+def kps(rendered) -> list[dict[str, Any]]:
+    return rendered["kube-prometheus-stack"]
 
 
 @pytest.fixture(scope="module")
@@ -347,12 +502,14 @@ def test_network_policy_admits_prometheus_and_reaches_api_servers_and_dns(base) 
     assert ingress["ports"] == [{"port": 9265, "protocol": "TCP"}]
     (peer,) = ingress["from"]
     assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    # No namespace named: Prometheus pods of the exporter's own namespace, wherever it is.
+    assert "namespaceSelector" not in peer
     egress_ports = {(p["port"], p["protocol"]) for rule in np["egress"] for p in rule["ports"]}
     assert egress_ports == {(443, "TCP"), (6443, "TCP"), (53, "UDP"), (53, "TCP")}
 
 
-def test_service_monitor_scrapes_the_service_metrics_port(base) -> None:
-    sm = by_kind(base, "ServiceMonitor")["spec"]
+def test_service_monitor_scrapes_the_service_metrics_port(base, kps) -> None:
+    sm = by_kind(kps, "ServiceMonitor")["spec"]
     svc = by_kind(base, "Service")
     assert sm["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     (endpoint,) = sm["endpoints"]
@@ -361,6 +518,147 @@ def test_service_monitor_scrapes_the_service_metrics_port(base) -> None:
     # The alert rules expect the exporter's own job to be called fleet-exporter, which is
     # what the operator names it: the Service's name (no jobLabel override).
     assert "jobLabel" not in sm and svc["metadata"]["name"] == "fleet-exporter"
+
+
+# -- kube-prometheus-stack ------------------------------------------------------------------
+OPERATOR_KINDS = {"ServiceMonitor", "ScrapeConfig", "PrometheusRule"}
+
+
+def test_base_renders_no_prometheus_operator_kinds(base) -> None:
+    """The base applies on a cluster without the Operator's CRDs."""
+    assert not [d for d in base if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert {d["kind"] for d in base} == {
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+
+
+def test_kube_prometheus_stack_overlay_is_the_base_plus_operator_kinds_and_dashboards(
+    base, kps
+) -> None:
+    def names(docs: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        return {(d["kind"], d["metadata"]["name"]) for d in docs}
+
+    extra = names(kps) - names(base)
+    assert {kind for kind, _ in extra} == OPERATOR_KINDS | {"ConfigMap"}
+    # Nothing of the base is lost or changed, but for the image's registry.
+    assert names(base) <= names(kps)
+    for doc in base:
+        (same,) = [d for d in kps if d["kind"] == doc["kind"] and d["metadata"] == doc["metadata"]]
+        if doc["kind"] == "Deployment":
+            same = copy.deepcopy(same)
+            (c,) = same["spec"]["template"]["spec"]["containers"]
+            assert c["image"] == "registry.example.com/fleet-exporter:0.1.0"
+            c["image"] = container(doc["spec"]["template"])["image"]
+        assert same == doc
+
+
+def test_release_label_is_on_exactly_what_kube_prometheus_stack_selects(kps) -> None:
+    """kube-prometheus-stack's Prometheus selects ServiceMonitors, ScrapeConfigs and
+    PrometheusRules by release=<Helm release> (serviceMonitorSelector, scrapeConfigSelector,
+    ruleSelector); other objects do not need it."""
+    labelled = {d["kind"] for d in kps if "release" in d["metadata"].get("labels", {})}
+    assert labelled == OPERATOR_KINDS
+    releases = {d["metadata"]["labels"]["release"] for d in kps if d["kind"] in OPERATOR_KINDS}
+    assert releases == {"kube-prometheus-stack"}
+    # The release name is set in one place: one patch op, for the whole API group.
+    overlay = yaml.safe_load((KPS / "kustomization.yaml").read_text())
+    ops = [
+        (patch["target"], op)
+        for patch in overlay["patches"]
+        for op in yaml.safe_load(patch["patch"])
+        if op["path"] == "/metadata/labels/release"
+    ]
+    assert ops == [({"group": "monitoring.coreos.com"}, ANY)]
+
+
+GRAFANA = DEPLOY / "grafana"
+
+
+def test_dashboards_are_sidecar_configmaps_generated_from_the_json(kps) -> None:
+    dashboards = {
+        d["metadata"]["name"]: d
+        for d in kps
+        if d["kind"] == "ConfigMap" and d["metadata"]["labels"].get("grafana_dashboard") == "1"
+    }
+    files = sorted(GRAFANA.glob("*.json"))
+    assert len(dashboards) == len(files) == 2
+    for path in files:
+        cm = dashboards[f"{path.stem}-dashboard"]  # a fixed name: a change replaces it
+        # Generated by kustomize from the file, byte for byte (not a copy in the repo).
+        assert cm["data"] == {path.name: path.read_text(encoding="utf-8")}
+        assert json.loads(cm["data"][path.name])["uid"]
+        # `kubectl apply` (client side) keeps the object in an annotation of at most 256 KiB.
+        assert len(json.dumps(cm).encode()) < 256 * 1024
+    # No copy of a dashboard in any manifest: the JSON files are the only source.
+    copies = [p for p in DEPLOY.rglob("*.y*ml") if '"panels"' in p.read_text(encoding="utf-8")]
+    assert copies == []
+
+
+def string_values(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key != "apiVersion":
+                yield from string_values(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from string_values(item)
+    elif isinstance(node, str):
+        yield node
+
+
+def mentions_namespace(value: str, namespace: str) -> bool:
+    return bool(re.search(rf"(^|[./:]){re.escape(namespace)}($|[./:])", value))
+
+
+def copied_overlay(tmp_path: Path) -> Path:
+    """A copy of deploy/ to edit; returns its kube-prometheus-stack/kustomization.yaml."""
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    return tmp_path / "deploy" / "kube-prometheus-stack" / "kustomization.yaml"
+
+
+def test_readme_fleet_yaml_snippet_replaces_the_shipped_settings(tmp_path) -> None:
+    """deploy/README.md's configMapGenerator snippet, added to the overlay with a
+    fleet.yaml beside it, replaces the base's settings and the pods mount the new one."""
+    readme = (DEPLOY / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "replace" in b]
+    overlay = copied_overlay(tmp_path)
+    overlay.write_text(overlay.read_text() + textwrap.dedent(snippet))
+    ours = "defaults:\n  cache_ttl: 55s\nclusters:\n  east-1:\n    labels: {env: prod}\n"
+    (overlay.parent / "fleet.yaml").write_text(ours)
+    docs = kustomize(overlay.parent)
+    (cm,) = [d for d in docs if d["metadata"]["name"].startswith("fleet-exporter-config")]
+    assert cm["data"] == {"fleet.yaml": ours}
+    volumes = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    (projected,) = [v["projected"] for v in volumes if v["name"] == "clusters"]
+    assert {"configMap": {"name": cm["metadata"]["name"], "items": ANY}} in projected["sources"]
+
+
+def test_namespace_is_set_in_one_place(tmp_path) -> None:
+    """Changing the overlay's one `namespace:` line moves everything: every object, the
+    ScrapeConfig's URLs, and (by naming none) the NetworkPolicy's Prometheus peer."""
+    overlay = copied_overlay(tmp_path)
+    text = overlay.read_text()
+    assert len(re.findall(r"^namespace: (\S+)$", text, re.M)) == 1
+    overlay.write_text(
+        re.sub(r"^namespace: \S+$", "namespace: cattle-monitoring-system", text, flags=re.M)
+    )
+    docs = kustomize(overlay.parent)
+    assert {d["metadata"].get("namespace") for d in docs} == {"cattle-monitoring-system"}
+    for doc in docs:
+        for value in string_values(doc):
+            assert not mentions_namespace(value, "monitoring"), (doc["kind"], value)
+    sc = by_kind(docs, "ScrapeConfig")["spec"]
+    service = "fleet-exporter.cattle-monitoring-system.svc:9265"
+    assert sc["httpSDConfigs"][0]["url"] == f"http://{service}/targets"
+    (address,) = [r for r in sc["relabelings"] if r.get("targetLabel") == "__address__"]
+    assert address["replacement"] == service
+    # ...and the check above would have seen a left-over `monitoring`.
+    assert mentions_namespace("http://fleet-exporter.monitoring.svc:9265/targets", "monitoring")
 
 
 # -- the operator's probe job -------------------------------------------------------------

@@ -96,16 +96,20 @@ fi
 chmod 600 "$out"
 
 # Check that the new credentials can list Longhorn volumes (warn only: the file stays).
-# `get --raw` ignores a path in the server URL (Rancher-style proxies put the cluster
-# there), so the path is repeated in front of the API path.
+# A server URL may have a path (Rancher-style proxies put the cluster there). Newer kubectl
+# (1.37) puts it in front of a `get --raw` path itself; older ones (1.32) drop it, so for
+# them the path is repeated in front of the API path.
 rest=${server#*://}
 prefix=""
 if [[ $rest == */* ]]; then
   prefix="/${rest#*/}"
   prefix=${prefix%/}
 fi
-if "$kubectl_bin" --kubeconfig "$out" --request-timeout=15s get --raw \
-  "$prefix/apis/longhorn.io/v1beta2/namespaces/$namespace/volumes?limit=1" >/dev/null 2>&1; then
+can_list() {
+  "$kubectl_bin" --kubeconfig "$out" --request-timeout=15s get --raw \
+    "$1/apis/longhorn.io/v1beta2/namespaces/$namespace/volumes?limit=1" >/dev/null 2>&1
+}
+if can_list "" || { [[ -n $prefix ]] && can_list "$prefix"; }; then
   printf 'wrote %s (context %s, server %s); it can list Longhorn volumes\n' "$out" "$context" "$server"
 else
   printf 'wrote %s (context %s, server %s)\n' "$out" "$context" "$server"
