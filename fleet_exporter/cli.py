@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import ConfigError
-from .credentials import RedactingFilter
+from .redact import RedactingFilter
 from .terminal import add_subcommand as add_triage
 from .web.webconfig import WebConfig, WebConfigError
 

@@ -21,14 +21,14 @@ from kubernetes.client import Configuration
 from kubernetes.config import kube_config
 
 from fleet_exporter import credentials
+from fleet_exporter import redact as registry
 from fleet_exporter.credentials import (
     Credentials,
     CredentialsError,
-    RedactingFilter,
     check_permissions,
     load_credentials,
-    redact,
 )
+from fleet_exporter.redact import RedactingFilter, redact
 
 try:  # works whether or not tests/ is a package
     from . import fixtures_credentials as fx
@@ -656,13 +656,13 @@ def test_check_permissions(tmp_path):
 
 
 def test_registry_longest_match_and_bounded_rotation(monkeypatch):
-    monkeypatch.setattr(credentials, "_pools", {"static": {}, "rotating": {}})
-    monkeypatch.setattr(credentials, "_index", {})
-    monkeypatch.setitem(credentials._LIMITS, "rotating", 3)
-    credentials._register("abcd-static", "abcd-static-and-longer")
+    monkeypatch.setattr(registry, "_pools", {"static": {}, "rotating": {}})
+    monkeypatch.setattr(registry, "_index", {})
+    monkeypatch.setitem(registry._LIMITS, "rotating", 3)
+    registry.register("abcd-static", "abcd-static-and-longer")
     assert redact("x abcd-static-and-longer y abcd-static z") == "x <redacted> y <redacted> z"
-    credentials._register("abcd-rot-1", "abcd-rot-2", "abcd-rot-3", "abcd-rot-4", pool="rotating")
+    registry.register("abcd-rot-1", "abcd-rot-2", "abcd-rot-3", "abcd-rot-4", pool="rotating")
     assert redact("abcd-rot-1 abcd-rot-4") == "abcd-rot-1 <redacted>"  # oldest rotated out
     assert redact("abcd-static") == "<redacted>"  # static secrets never rotate out
-    credentials._register("abc")  # too short to remember: would redact ordinary words
+    registry.register("abc")  # too short to remember: would redact ordinary words
     assert redact("abc abcd") == "abc abcd"
