@@ -501,6 +501,77 @@ async def test_exec_hung_refresh_times_out(tmp_path, clock):
         await creds.authorization()
 
 
+async def wait_gone(*pids: int, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while alive := [p for p in pids if not process_gone(p)]:
+        assert time.monotonic() < deadline, f"still running: {alive}"
+        await asyncio.sleep(0.02)
+
+
+async def test_exec_descendants_that_left_the_group_are_killed(tmp_path):
+    pids = tmp_path / "pids"
+    plugin = Plugin(tmp_path, mode="escape", pids=str(pids))
+    kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"exec": plugin.exec_section()})
+    try:
+        with pytest.raises(CredentialsError, match=r"timed out after 1s"):
+            await load(kc, exec_timeout=1)
+    finally:
+        # The plugin, a setsid child and a double-forked daemon (neither in its group).
+        await wait_gone(*map(int, pids.read_text().split()))
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+async def test_exec_output_is_capped(tmp_path, stream):
+    import tracemalloc
+
+    plugin = Plugin(tmp_path, mode="flood", stream=stream)
+    kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"exec": plugin.exec_section()})
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(CredentialsError) as err:
+            await load(kc, exec_timeout=20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, f"{peak} bytes held while reading the plugin"
+    assert time.monotonic() - started < 10  # stopped at the cap, not at the timeout
+    assert f"wrote more than 1024 KiB to {stream}" in str(err.value)
+    assert "killed" in str(err.value) and str(kc) in str(err.value)
+
+
+async def test_exec_cap_kills_the_whole_tree(tmp_path):
+    pids = tmp_path / "pids"
+    plugin = Plugin(tmp_path, mode="escape", then="flood", pids=str(pids))
+    kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"exec": plugin.exec_section()})
+    with pytest.raises(CredentialsError, match="wrote more than 1024 KiB to stdout"):
+        await load(kc, exec_timeout=20)
+    await wait_gone(*map(int, pids.read_text().split()))
+
+
+async def test_exec_env_args_and_stderr_secrets_never_come_out(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    env_secret, arg_secret, own_secret = "env-canary-9d1f37", "arg-canary-0be6c4", "own-c4n4ry-77e1"
+    plugin = Plugin(tmp_path, mode="tell", env_keys=["API_SECRET", "REGION"], stderr=(
+        f"fetching failed: api_key={own_secret}; giving up"
+    ))  # fmt: skip
+    section = plugin.exec_section(
+        env=[{"name": "API_SECRET", "value": env_secret}, {"name": "REGION", "value": "eu1"}],
+        args=["get-token", "--cluster", "prod-eu", f"--client-secret={arg_secret}"],
+    )
+    kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"exec": section})
+    with pytest.raises(CredentialsError) as err:
+        await load(kc)
+    message = str(err.value)
+    assert "exited with status 1" in message
+    assert "API_SECRET=<redacted>" in message and "api_key=<redacted>; giving up" in message
+    # Ordinary values stay readable: short env values, arguments not named like secrets.
+    assert "REGION=eu1" in message and "get-token --cluster prod-eu" in message
+    for secret in (env_secret, arg_secret, own_secret):
+        assert secret not in message and secret not in caplog.text
+    assert redact(f"x {env_secret} {arg_secret}") == "x <redacted> <redacted>"
+
+
 async def test_exec_plugin_does_not_block_event_loop(tmp_path):
     plugin = Plugin(tmp_path, mode="slow", sleep=0.5, ttl=3600)
     kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"exec": plugin.exec_section()})
