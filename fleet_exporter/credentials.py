@@ -201,8 +201,19 @@ class Credentials:
 
 
 async def load_credentials(path: Path, *, exec_timeout: float = 10.0) -> Credentials:
-    """Load the kubeconfig's current context; CredentialsError names the file and problem."""
-    return Credentials(path, await _load(path, exec_timeout), exec_timeout)
+    """Load the kubeconfig's current context; CredentialsError names the file and problem.
+
+    Called once per cluster load, so a warning about the file is logged here, not on the
+    reloads a 401 triggers nor per request."""
+    snap = await _load(path, exec_timeout)
+    if snap.endpoint.ssl.verify_mode == ssl.CERT_NONE:
+        log.warning(
+            "kubeconfig %s: insecure-skip-tls-verify is set: the API server's certificate "
+            "is not checked, so whoever can intercept the connection gets this cluster's "
+            "credentials",
+            path,
+        )
+    return Credentials(path, snap, exec_timeout)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -251,6 +262,12 @@ def _load_sync(path: Path) -> _Snapshot:
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise CredentialsError(f"{label} must be an http:// or https:// URL")
         register(parts.password)
+        if label == "server" and (parts.username or parts.password):
+            # aiohttp would turn them into a second Authorization (a ValueError per request).
+            raise CredentialsError(
+                "server URL carries a user name or password (user:password@); "
+                "give credentials in the kubeconfig's user instead"
+            )
     if not isinstance(cluster.get("insecure-skip-tls-verify", False), bool):
         raise CredentialsError("insecure-skip-tls-verify must be true or false")
     if not isinstance(cluster.get("tls-server-name", ""), str):

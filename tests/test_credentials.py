@@ -256,6 +256,14 @@ BROKEN = {
     "no server": ("cluster", {"server": None}, "has no server"),
     "server not a URL": ("cluster", {"server": "127.0.0.1:6443"}, "server must be an http"),
     "socks proxy": ("cluster", {"proxy-url": "socks5://p:1080"}, "proxy-url must be an http"),
+    "password in server URL": (
+        "cluster", {"server": f"https://admin:{CANARY_PASSWORD}@127.0.0.1:6443"},
+        "server URL carries a user name or password (user:password@)",
+    ),
+    "token as user in server URL": (
+        "cluster", {"server": f"https://{CANARY_TOKEN}@127.0.0.1:6443/"},
+        "server URL carries a user name or password",
+    ),
     "insecure as string": (
         "cluster", {"insecure-skip-tls-verify": "false"}, "insecure-skip-tls-verify must be"
     ),
@@ -643,11 +651,27 @@ async def test_tls_without_trusted_ca_fails(tmp_path):
             await _get(creds, url)
 
 
-async def test_tls_insecure_skip_verify(tmp_path):
+async def test_tls_insecure_skip_verify_works_and_warns_once_per_load(tmp_path, caplog):
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "insecure-skip-tls-verify" in r.msg]
+
     async with tls_server(tmp_path) as url:
         cluster = {"server": url, "insecure-skip-tls-verify": True}
-        creds = await load(write_kubeconfig(tmp_path / "k.yaml", cluster))
-        assert await _get(creds, url) == {"client_cn": None, "auth": False}
+        kc = write_kubeconfig(tmp_path / "k.yaml", cluster)
+        creds = await load(kc)
+        assert warnings() == [
+            f"kubeconfig {kc}: insecure-skip-tls-verify is set: the API server's certificate "
+            "is not checked, so whoever can intercept the connection gets this cluster's "
+            "credentials"
+        ]
+        for _ in range(3):
+            assert await _get(creds, url) == {"client_cn": None, "auth": False}
+        await creds.reload()  # what a 401 does: not a new cluster load
+        assert len(warnings()) == 1
+        await load(kc)  # a reload of the fleet's configuration is
+        assert len(warnings()) == 2
+    await load(write_kubeconfig(tmp_path / "safe.yaml", ca_cluster()))
+    assert len(warnings()) == 2
 
 
 async def test_mtls_client_certificate(tmp_path):
