@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import ConfigError
-from .credentials import RedactingFilter
+from .redact import RedactingFilter
 from .terminal import add_subcommand as add_triage
 from .web.webconfig import WebConfig, WebConfigError
 
@@ -86,7 +86,7 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
             log.error("cannot start: %s", e)
             return 2
     fleet = Fleet(directory)
-    app = create_app(fleet)
+    app = create_app(fleet, enable_lifecycle=args.web_enable_lifecycle)
     if web_config is not None:
         # Outermost: TLS peer checks, rate limit and basic auth come before any handler.
         app.middlewares.insert(0, web_config.middleware)
@@ -266,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long in-flight requests may finish after SIGTERM",
     )
     web_config_arg(serve)
+    serve.add_argument(
+        "--web.enable-lifecycle",
+        dest="web_enable_lifecycle",
+        action="store_true",
+        help="let POST /-/reload reload the clusters directory (SIGHUP always does)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     probe = sub.add_parser("probe", help="probe one cluster and print its metrics")

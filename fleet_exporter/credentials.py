@@ -12,13 +12,14 @@ module wraps it:
   process-wide lock, in a worker thread, into a private 0700 directory, read the files into
   an ``ssl.SSLContext`` and delete them at once.
 - Its exec-plugin runner has no timeout (a hung plugin blocks a thread forever) and turns a
-  failing plugin into unauthenticated requests. We run plugins ourselves, with the same
-  ExecCredential protocol, killed after ``exec_timeout``, and fail loudly.
+  failing plugin into unauthenticated requests. We run plugins ourselves (``execplugin``),
+  with the same ExecCredential protocol, contained, and fail loudly.
 - ``Configuration`` silently takes ``HTTPS_PROXY`` from the environment. The proxy here comes
   from the kubeconfig's ``proxy-url`` only: each cluster's file says exactly how to reach it,
   and an environment proxy meant for other traffic must not capture API-server calls.
 
-Every secret seen (tokens, passwords, key PEM, exec output) is registered for ``redact()``.
+Every secret seen (tokens, passwords, key PEM, exec output) is registered for ``redact()``
+(``redact``).
 """
 
 from __future__ import annotations
@@ -30,20 +31,15 @@ import binascii
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import os
 import shutil
-import signal
 import ssl
-import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +47,9 @@ from urllib.parse import urlsplit
 import yaml
 from kubernetes.client import Configuration
 from kubernetes.config import kube_config
+
+from . import execplugin
+from .redact import redact, register, register_pem
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,6 @@ REFRESH_BACKOFF = 10.0
 # call the identity provider synchronously, without a timeout of its own).
 LOAD_TIMEOUT = 30.0
 MAX_KUBECONFIG_BYTES = 4 * 1024 * 1024
-EXEC_API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
 
 # Tests replace these to move time without sleeping.
 _now = time.time
@@ -71,90 +69,10 @@ _monotonic = time.monotonic
 
 # The package's temp-file cache is module-global: every load in the process goes through here.
 _LOAD_LOCK = threading.Lock()
-# Plugins get their own threads so a slow one never starves asyncio.to_thread users.
-_EXEC_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="exec-plugin")
 
 
 class CredentialsError(Exception):
     """Safe, one-line, names what is wrong; never contains a secret."""
-
-
-# --- secret registry -----------------------------------------------------------------------
-
-# Secrets are indexed by their first _KEY chars, so redaction costs one dict lookup per
-# character of text however many secrets there are (a regex alternation of thousands of
-# secrets costs ~1 ms per line and its compile blocks the GIL for hundreds of ms).
-_KEY = 4  # also the shortest secret remembered: shorter strings are ordinary words
-_LIMITS = {"static": 8192, "rotating": 1024}  # rotating: refreshed exec tokens, oldest dropped
-_pools: dict[str, dict[str, None]] = {"static": {}, "rotating": {}}
-_index: dict[str, tuple[str, ...]] = {}  # prefix -> secrets, longest first
-_secrets_lock = threading.Lock()
-
-
-def _register(*values: object, min_len: int = _KEY, pool: str = "static") -> None:
-    """Remember secrets for ``redact`` (called from worker threads, never on the loop)."""
-    with _secrets_lock:
-        secrets = _pools[pool]
-        for v in values:
-            if not isinstance(v, str) or len(v) < min_len or v in secrets:
-                continue
-            secrets[v] = None
-            bucket = {*_index.get(v[:_KEY], ()), v}
-            _index[v[:_KEY]] = tuple(sorted(bucket, key=len, reverse=True))
-        while len(secrets) > _LIMITS[pool]:
-            old = next(iter(secrets))
-            del secrets[old]
-            if not any(old in other for other in _pools.values()):
-                rest = tuple(x for x in _index[old[:_KEY]] if x != old)
-                _index[old[:_KEY]] = rest  # replaced whole: readers never see a half update
-
-
-def _register_pem(pem: str) -> None:
-    """A key leaks as the whole PEM, its base64 body, or single body lines: register each."""
-    body = [line.strip() for line in pem.splitlines() if line.strip() and "-----" not in line]
-    _register(pem, pem.strip(), "".join(body))
-    _register(*body, min_len=16)
-
-
-def redact(text: str) -> str:
-    """Replace every secret any loaded Credentials has seen with ``<redacted>``."""
-    index = _index
-    if not index or not text:
-        return text
-    parts, start, i, end = [], 0, 0, len(text) - _KEY
-    while i <= end:
-        for secret in index.get(text[i : i + _KEY], ()):
-            if text.startswith(secret, i):
-                parts += (text[start:i], "<redacted>")
-                i = start = i + len(secret)
-                break
-        else:
-            i += 1
-    return "".join((*parts, text[start:])) if parts else text
-
-
-class RedactingFilter(logging.Filter):
-    """Applies ``redact`` to a record's message, args, traceback and stack.
-
-    Install it on the *handlers* (e.g. every handler of the root logger): a filter attached to
-    a logger only sees records logged on that very logger, not those propagated from children.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not _index:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string: logging would print raw args; don't
-            message = str(record.msg)
-        record.msg, record.args = redact(message), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
-        return True
 
 
 def check_permissions(path: Path) -> str | None:
@@ -191,19 +109,6 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
-class _Plugin:
-    """An exec credential plugin, resolved once per load."""
-
-    name: str  # argv[0] as written in the kubeconfig: the only part errors show
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    cwd: str
-    api_version: str
-    exec_info: str  # KUBERNETES_EXEC_INFO
-    install_hint: str
-
-
-@dataclass(frozen=True)
 class _Snapshot:
     """Everything one successful load produced; replaced whole on reload or refresh."""
 
@@ -212,15 +117,7 @@ class _Snapshot:
     context: str
     header: str | None
     expires_at: float | None  # epoch seconds; only exec tokens expire here
-    plugin: _Plugin | None
-
-
-@dataclass(frozen=True)
-class _ExecResult:
-    token: str | None
-    cert_pem: str | None
-    key_pem: str | None
-    expires_at: float | None
+    plugin: execplugin.Plugin | None
 
 
 class Credentials:
@@ -304,8 +201,19 @@ class Credentials:
 
 
 async def load_credentials(path: Path, *, exec_timeout: float = 10.0) -> Credentials:
-    """Load the kubeconfig's current context; CredentialsError names the file and problem."""
-    return Credentials(path, await _load(path, exec_timeout), exec_timeout)
+    """Load the kubeconfig's current context; CredentialsError names the file and problem.
+
+    Called once per cluster load, so a warning about the file is logged here, not on the
+    reloads a 401 triggers nor per request."""
+    snap = await _load(path, exec_timeout)
+    if snap.endpoint.ssl.verify_mode == ssl.CERT_NONE:
+        log.warning(
+            "kubeconfig %s: insecure-skip-tls-verify is set: the API server's certificate "
+            "is not checked, so whoever can intercept the connection gets this cluster's "
+            "credentials",
+            path,
+        )
+    return Credentials(path, snap, exec_timeout)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -353,7 +261,13 @@ def _load_sync(path: Path) -> _Snapshot:
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise CredentialsError(f"{label} must be an http:// or https:// URL")
-        _register(parts.password)
+        register(parts.password)
+        if label == "server" and (parts.username or parts.password):
+            # aiohttp would turn them into a second Authorization (a ValueError per request).
+            raise CredentialsError(
+                "server URL carries a user name or password (user:password@); "
+                "give credentials in the kubeconfig's user instead"
+            )
     if not isinstance(cluster.get("insecure-skip-tls-verify", False), bool):
         raise CredentialsError("insecure-skip-tls-verify must be true or false")
     if not isinstance(cluster.get("tls-server-name", ""), str):
@@ -386,7 +300,7 @@ def _load_sync(path: Path) -> _Snapshot:
     if kind in ("token", "token-file", "oidc", "basic"):
         scheme, _, value = (header or "").partition(" ")
         value = value.strip()  # token files end with a newline; client-go trims too
-        _register(value, pool="rotating" if kind in ("token-file", "oidc") else "static")
+        register(value, pool="rotating" if kind in ("token-file", "oidc") else "static")
         if not value:
             what = {"oidc": "auth-provider oidc id-token is not a valid JWT"}
             raise CredentialsError(what.get(kind, f"{kind} credentials are empty"))
@@ -453,10 +367,10 @@ def _select(doc: dict[str, Any]) -> tuple[str, dict, str | None, dict]:
 def _auth_kind(user: dict[str, Any], user_name: str | None) -> str:
     """Same precedence as the package: auth-provider, token/tokenFile, exec, basic."""
     provider = user.get("auth-provider")
-    _register(user.get("token"), user.get("password"))
+    register(user.get("token"), user.get("password"))
     if isinstance(provider, dict):
         pcfg = provider.get("config") if isinstance(provider.get("config"), dict) else {}
-        _register(pcfg.get("id-token"), pcfg.get("refresh-token"), pcfg.get("client-secret"))
+        register(pcfg.get("id-token"), pcfg.get("refresh-token"), pcfg.get("client-secret"))
         if provider.get("name") != "oidc":
             raise CredentialsError(
                 f'auth-provider "{provider.get("name")}" is not supported; use an exec plugin'
@@ -511,17 +425,17 @@ def _check_sources(
             try:
                 raw = base64.b64decode("".join(str(value).split()), validate=True)
             except (binascii.Error, ValueError):
-                _register(str(value))
+                register(str(value))
                 raise CredentialsError(f"{data_key} is not valid base64") from None
             if key == "client-key":
-                _register(str(value))
-                _register_pem(raw.decode("utf-8", "replace"))
+                register(str(value))
+                register_pem(raw.decode("utf-8", "replace"))
             labels[key] = data_key
         elif key in obj and tls:
             path = _resolve(base, obj[key])
             content = _check_file(label, path)
             if key == "client-key":
-                _register_pem(content.decode("utf-8", "replace"))
+                register_pem(content.decode("utf-8", "replace"))
             labels[key] = f"{label} file {path}"
     if tls and ("client-certificate" in labels) != ("client-key" in labels):
         raise CredentialsError("client certificate and client key must be given together")
@@ -586,7 +500,7 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str | None, label: str) -> 
         raise CredentialsError(f"{label}: {e.strerror}") from None
 
 
-def _load_pem_chain(ctx: ssl.SSLContext, result: _ExecResult, name: str) -> None:
+def _load_pem_chain(ctx: ssl.SSLContext, result: execplugin.Result, name: str) -> None:
     """Exec plugins may return a client cert instead of a token (not refreshed until reload)."""
     tmp = tempfile.mkdtemp(prefix="fleet-exporter-exec-")
     try:
@@ -602,40 +516,6 @@ def _load_pem_chain(ctx: ssl.SSLContext, result: _ExecResult, name: str) -> None
 
 
 # --- exec credential plugins ---------------------------------------------------------------
-
-
-def _plugin(spec: dict[str, Any], cluster: dict[str, Any], base: str) -> _Plugin:
-    """Resolve an exec section once; KUBERNETES_EXEC_INFO follows the client-go schema."""
-    command = spec.get("command")
-    if not isinstance(command, str) or not command:
-        raise CredentialsError("exec plugin has no command")
-    api_version = spec.get("apiVersion")
-    if api_version not in EXEC_API_VERSIONS:
-        raise CredentialsError(
-            f'exec plugin "{command}": apiVersion must be one of {", ".join(EXEC_API_VERSIONS)}'
-        )
-    if spec.get("interactiveMode") == "Always":
-        raise CredentialsError(f'exec plugin "{command}" needs a terminal (interactiveMode)')
-    env = {}
-    for item in spec.get("env") or []:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise CredentialsError(f'exec plugin "{command}": env entries need name and value')
-        env[item["name"]] = str(item.get("value", ""))
-    info: dict[str, Any] = {"apiVersion": api_version, "kind": "ExecCredential"}
-    info["spec"] = {"interactive": False}
-    if spec.get("provideClusterInfo"):
-        info["spec"]["cluster"] = _cluster_info(cluster, base)
-    # Like client-go: a relative command with a slash is relative to the kubeconfig.
-    path = os.path.join(base, command) if "/" in command else command
-    return _Plugin(
-        name=command,
-        argv=(path, *(str(a) for a in spec.get("args") or [])),
-        env=env,
-        cwd=base,
-        api_version=api_version,
-        exec_info=json.dumps(info),
-        install_hint=(str(spec.get("installHint") or "").strip().splitlines() or [""])[0][:200],
-    )
 
 
 def _cluster_info(cluster: dict[str, Any], base: str) -> dict[str, Any]:
@@ -658,88 +538,17 @@ def _cluster_info(cluster: dict[str, Any], base: str) -> dict[str, Any]:
     return {k: v for k, v in info.items() if v is not None}
 
 
-async def _run_plugin(plugin: _Plugin, exec_timeout: float) -> _ExecResult:
-    """Off the event loop, on the plugin pool; the worker bounds itself with the timeout."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_EXEC_POOL, _run_plugin_sync, plugin, exec_timeout)
-
-
-def _run_plugin_sync(plugin: _Plugin, timeout: float) -> _ExecResult:
-    name = plugin.name
-    env = {**os.environ, **plugin.env, "KUBERNETES_EXEC_INFO": plugin.exec_info}
+def _plugin(spec: dict[str, Any], cluster: dict[str, Any], base: str) -> execplugin.Plugin:
+    """The exec section resolved once per load; the cluster info only when asked for."""
+    info = _cluster_info(cluster, base) if spec.get("provideClusterInfo") else None
     try:
-        proc = subprocess.Popen(
-            plugin.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=plugin.cwd,
-            env=env,
-            start_new_session=True,  # its own process group: a kill reaches its children too
-        )
-    except FileNotFoundError:
-        hint = f" ({plugin.install_hint})" if plugin.install_hint else ""
-        raise CredentialsError(f'exec plugin "{name}": command not found{hint}') from None
-    except OSError as e:
-        raise CredentialsError(f'exec plugin "{name}": cannot start: {e.strerror}') from None
+        return execplugin.resolve(spec, base, info)
+    except execplugin.ExecPluginError as e:
+        raise CredentialsError(str(e)) from None
+
+
+async def _run_plugin(plugin: execplugin.Plugin, exec_timeout: float) -> execplugin.Result:
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        raise CredentialsError(f'exec plugin "{name}" timed out after {timeout:g}s') from None
-    result, problem = _parse_exec_output(out, plugin.api_version)  # registers secrets first
-    if proc.returncode != 0:
-        rc = proc.returncode
-        status = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-        detail = " ".join(redact(err.decode("utf-8", "replace")).split())[:300]
-        raise CredentialsError(f'exec plugin "{name}" {status}' + (f": {detail}" if detail else ""))
-    if result is None:
-        raise CredentialsError(f'exec plugin "{name}" {problem}')
-    return result
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    try:
-        proc.communicate(timeout=2)
-    except subprocess.TimeoutExpired:  # a descendant left the group and holds our pipes
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe:
-                pipe.close()
-        proc.wait(timeout=2)
-
-
-def _parse_exec_output(out: bytes, api_version: str) -> tuple[_ExecResult | None, str]:
-    """ExecCredential -> result, or None and what is wrong; never echoes the output."""
-    try:
-        data = json.loads(out)
-    except ValueError:
-        return None, "printed invalid JSON instead of an ExecCredential"
-    if not isinstance(data, dict) or data.get("kind") != "ExecCredential":
-        return None, "did not print an ExecCredential"
-    status = data.get("status")
-    if not isinstance(status, dict):
-        return None, "printed an ExecCredential without status"
-    token, cert, key = (status.get(k) for k in ("token", "clientCertificateData", "clientKeyData"))
-    _register(token if isinstance(token, str) else None, pool="rotating")
-    if isinstance(key, str):
-        _register_pem(key)
-    if data.get("apiVersion") != api_version:
-        return None, f"printed an ExecCredential with apiVersion other than {api_version}"
-    if isinstance(token, str) and token and not token.isprintable():
-        return None, "printed a token containing control characters"
-    if not (isinstance(token, str) and token) and not (
-        isinstance(cert, str) and cert and isinstance(key, str) and key
-    ):
-        return None, "printed an ExecCredential with neither token nor client certificate+key"
-    expires_at = None
-    if status.get("expirationTimestamp"):
-        try:
-            ts = datetime.fromisoformat(str(status["expirationTimestamp"]))
-        except ValueError:
-            return None, "printed an invalid expirationTimestamp"
-        expires_at = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
-    if token:
-        return _ExecResult(token, None, None, expires_at), ""
-    return _ExecResult(None, cert, key, expires_at), ""
+        return await execplugin.run(plugin, exec_timeout)
+    except execplugin.ExecPluginError as e:
+        raise CredentialsError(str(e)) from None

@@ -6,6 +6,12 @@ request gets a timeout carved out of the refresh's deadline, a byte cap on the b
 sent and again on its inflated size (we inflate gzip ourselves, so a gzip bomb stops at
 the cap), and an error class that the metrics and the debug output can name precisely.
 
+Manners towards a struggling or odd API server: a ``Retry-After`` on 429/503 is honoured
+when the wait fits before the refresh's deadline, and otherwise fails the call at once,
+saying so (and carrying the wait, ``UpstreamError.retry_after``, for a cluster-level
+back-off); a redirect is never followed (the Kubernetes API never redirects a list, and
+data from another host must not pass for the cluster's).
+
 ``KubeClient.list`` owns pagination: it fetches each page's successor as soon as the page
 has arrived (its continue token read from the body's tail), up to ``knobs.AHEAD`` pages
 ahead, and hands each body to the caller's reader, which decodes it and returns the true
@@ -15,11 +21,14 @@ token; a wrong guess restarts the fetching from the true one.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import quote
+from datetime import UTC
+from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 import msgspec
@@ -39,12 +48,20 @@ BACKOFF = 0.2  # seconds before the 2nd attempt, doubled for the 3rd
 
 
 class UpstreamError(Exception):
-    """One failed API call. ``code`` is an HTTP status or an error class, for metrics."""
+    """One failed API call. ``code`` is an HTTP status or an error class, for metrics.
+    ``retry_after``: the seconds the server asked us to wait (429/503 ``Retry-After``)."""
 
-    def __init__(self, code: str, message: str, status: int | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(slots=True, frozen=True)
@@ -196,6 +213,17 @@ class KubeClient:
                     continue
                 retryable = e.status in RETRY_STATUSES or e.code in ("reset", "connect")
                 pause = BACKOFF * 2 ** (attempt - 1)
+                if e.retry_after is not None:
+                    pause = max(pause, e.retry_after)
+                    if time.monotonic() + pause >= deadline - 0.5:
+                        wait = math.ceil(e.retry_after)
+                        raise UpstreamError(
+                            e.code,
+                            f"{str(e).rstrip('.')}; retry after {wait}s, "
+                            "past this refresh's deadline",
+                            e.status,
+                            e.retry_after,
+                        ) from None
                 if (
                     retryable
                     and attempt < MAX_ATTEMPTS
@@ -245,11 +273,22 @@ class KubeClient:
                 ssl=endpoint.ssl,
                 server_hostname=endpoint.server_hostname,
                 proxy=endpoint.proxy,
+                allow_redirects=False,
             ) as resp:
+                if 300 <= resp.status < 400:
+                    raise UpstreamError(
+                        "redirect",
+                        f"HTTP {resp.status} redirect to {_location_host(resp)} refused "
+                        "(the Kubernetes API never redirects a list)",
+                        resp.status,
+                    )
                 if resp.status != 200:
                     detail = await _status_message(resp)
+                    wait = None
+                    if resp.status in (429, 503):
+                        wait = retry_after(resp.headers.get("Retry-After"))
                     raise UpstreamError(
-                        str(resp.status), f"HTTP {resp.status}{detail}", resp.status
+                        str(resp.status), f"HTTP {resp.status}{detail}", resp.status, wait
                     )
                 ctype = resp.content_type
                 if ctype != "application/json":
@@ -396,6 +435,36 @@ async def _status_message(resp: aiohttp.ClientResponse) -> str:
         message = ""
     message = " ".join(str(message).split())[:200]
     return f": {redact(message)}" if message else ""
+
+
+def retry_after(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date; a
+    date in the past is 0), or None when there is none or it cannot be read."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _location_host(resp: aiohttp.ClientResponse) -> str:
+    """Where a redirect points: the host and port only (the rest may carry tokens)."""
+    location = resp.headers.get("Location")
+    if not location:
+        return "nowhere (no Location)"
+    try:
+        target = urlsplit(urljoin(str(resp.url), location))
+        host, port = target.hostname, target.port
+    except ValueError:
+        host = port = None
+    if not host:
+        return "an invalid Location"
+    return redact(f"{host}:{port}" if port else host)
 
 
 def _reason(e: BaseException) -> str:

@@ -49,6 +49,8 @@ class FaultSettings:
     drip_interval: float = 0.05
     oversized_bytes: int = 200 * MiB
     hang_seconds: float = 3600.0
+    retry_after: str = "3600"  # the "throttle" fault's Retry-After: seconds or an HTTP date
+    redirect_to: str = "https://redirected.invalid:6443"  # the "redirect" fault's new base
 
 
 def api_headers() -> dict[str, str]:
@@ -110,6 +112,26 @@ def http_fault(code: int, resource: str, namespace: str) -> web.Response:
             500, f"Internal error occurred: {cause}", {"causes": [{"message": cause}]}
         )
     return status_response(503, "the server is currently unable to handle the request")
+
+
+def throttle(settings: FaultSettings) -> web.Response:
+    """429 with a Retry-After longer than any scrape, as API Priority and Fairness or a
+    proxy in front of an overloaded API server sends."""
+    seconds = settings.retry_after
+    details = {"retryAfterSeconds": int(seconds)} if seconds.isdigit() else None
+    return status_response(
+        429, "Too many requests, please try again later.", details, {"Retry-After": seconds}
+    )
+
+
+def redirect(request: web.Request, settings: FaultSettings) -> web.Response:
+    """A 302 to the same API path under ``settings.redirect_to``, as a misconfigured load
+    balancer would send: a client that follows it takes another host's answer for this
+    cluster's."""
+    location = f"{settings.redirect_to.rstrip('/')}/{request.match_info['tail']}"
+    if request.query_string:
+        location += f"?{request.query_string}"
+    return web.Response(status=302, headers={**api_headers(), "Location": location})
 
 
 def not_found() -> web.Response:

@@ -30,6 +30,8 @@ BEHAVIOUR_FAULTS = frozenset(
         "reset",
         "endless_continue",
         "expired_continue",
+        "throttle",
+        "redirect",
     }
 )
 FAULTS = HTTP_FAULTS | BEHAVIOUR_FAULTS

@@ -475,6 +475,10 @@ class SimulatedFleet:
             return await faults.hang(self._stopping, settings)
         if fault == "expired_continue":
             return faults.expired()
+        if fault == "throttle":
+            return faults.throttle(settings)
+        if fault == "redirect":
+            return faults.redirect(request, settings)
         if fault == "wrong_content_type":
             return faults.wrong_content_type()
         kind = KINDS.get(resource, "Volume")

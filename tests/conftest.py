@@ -108,9 +108,12 @@ class started_env:
         tmp_path: Path,
         specs: list[ClusterSpec],
         fleet_yaml: str | None = None,
+        *,
+        enable_lifecycle: bool = False,
         **sim_options,
     ):
         self.tmp_path, self.specs, self.fleet_yaml = tmp_path, specs, fleet_yaml
+        self.enable_lifecycle = enable_lifecycle
         self.sim_options = sim_options
 
     async def __aenter__(self) -> Env:
@@ -122,7 +125,8 @@ class started_env:
         if self.fleet_yaml:
             (clusters / "fleet.yaml").write_text(self.fleet_yaml)
         self.fleet = Fleet(clusters)
-        self.runner = web.AppRunner(create_app(self.fleet))
+        app = create_app(self.fleet, enable_lifecycle=self.enable_lifecycle)
+        self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

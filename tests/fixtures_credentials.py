@@ -153,6 +153,40 @@ if mode == "hang":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     pathlib.Path(conf["pids"]).write_text(f"{os.getpid()} {child.pid}")
     time.sleep(60)
+if mode == "escape":
+    # One descendant in a session of its own, one daemon (fork, setsid, fork, stdio to
+    # /dev/null): neither is in the plugin's process group any more.
+    loner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             start_new_session=True)
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.write(w, str(os.getpid()).encode())
+            time.sleep(60)
+        os._exit(0)
+    os.close(w)
+    daemon = int(os.read(r, 32))
+    pathlib.Path(conf["pids"]).write_text(f"{os.getpid()} {loner.pid} {daemon}")
+    if conf.get("then") == "flood":
+        while True:
+            sys.stdout.write("y" * 65536)
+    time.sleep(60)
+if mode == "flood":
+    stream = sys.stderr if conf.get("stream") == "stderr" else sys.stdout
+    while True:
+        stream.write("y" * 65536)
+if mode == "tell":
+    # A plugin that fails and prints what it was given: env values, argv, and a secret
+    # of its own in NAME=value form.
+    for k in conf.get("env_keys", []):
+        sys.stderr.write(f"{k}={os.environ.get(k)}\n")
+    sys.stderr.write(" ".join(sys.argv[1:]) + "\n")
+    sys.stderr.write(conf.get("stderr", "") + "\n")
+    sys.exit(1)
 if mode == "slow":
     time.sleep(conf["sleep"])
 if mode == "fail":

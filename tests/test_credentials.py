@@ -21,14 +21,14 @@ from kubernetes.client import Configuration
 from kubernetes.config import kube_config
 
 from fleet_exporter import credentials
+from fleet_exporter import redact as registry
 from fleet_exporter.credentials import (
     Credentials,
     CredentialsError,
-    RedactingFilter,
     check_permissions,
     load_credentials,
-    redact,
 )
+from fleet_exporter.redact import RedactingFilter, redact
 
 try:  # works whether or not tests/ is a package
     from . import fixtures_credentials as fx
@@ -256,6 +256,14 @@ BROKEN = {
     "no server": ("cluster", {"server": None}, "has no server"),
     "server not a URL": ("cluster", {"server": "127.0.0.1:6443"}, "server must be an http"),
     "socks proxy": ("cluster", {"proxy-url": "socks5://p:1080"}, "proxy-url must be an http"),
+    "password in server URL": (
+        "cluster", {"server": f"https://admin:{CANARY_PASSWORD}@127.0.0.1:6443"},
+        "server URL carries a user name or password (user:password@)",
+    ),
+    "token as user in server URL": (
+        "cluster", {"server": f"https://{CANARY_TOKEN}@127.0.0.1:6443/"},
+        "server URL carries a user name or password",
+    ),
     "insecure as string": (
         "cluster", {"insecure-skip-tls-verify": "false"}, "insecure-skip-tls-verify must be"
     ),
@@ -501,6 +509,77 @@ async def test_exec_hung_refresh_times_out(tmp_path, clock):
         await creds.authorization()
 
 
+async def wait_gone(*pids: int, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while alive := [p for p in pids if not process_gone(p)]:
+        assert time.monotonic() < deadline, f"still running: {alive}"
+        await asyncio.sleep(0.02)
+
+
+async def test_exec_descendants_that_left_the_group_are_killed(tmp_path):
+    pids = tmp_path / "pids"
+    plugin = Plugin(tmp_path, mode="escape", pids=str(pids))
+    kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"exec": plugin.exec_section()})
+    try:
+        with pytest.raises(CredentialsError, match=r"timed out after 1s"):
+            await load(kc, exec_timeout=1)
+    finally:
+        # The plugin, a setsid child and a double-forked daemon (neither in its group).
+        await wait_gone(*map(int, pids.read_text().split()))
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+async def test_exec_output_is_capped(tmp_path, stream):
+    import tracemalloc
+
+    plugin = Plugin(tmp_path, mode="flood", stream=stream)
+    kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"exec": plugin.exec_section()})
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(CredentialsError) as err:
+            await load(kc, exec_timeout=20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, f"{peak} bytes held while reading the plugin"
+    assert time.monotonic() - started < 10  # stopped at the cap, not at the timeout
+    assert f"wrote more than 1024 KiB to {stream}" in str(err.value)
+    assert "killed" in str(err.value) and str(kc) in str(err.value)
+
+
+async def test_exec_cap_kills_the_whole_tree(tmp_path):
+    pids = tmp_path / "pids"
+    plugin = Plugin(tmp_path, mode="escape", then="flood", pids=str(pids))
+    kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"exec": plugin.exec_section()})
+    with pytest.raises(CredentialsError, match="wrote more than 1024 KiB to stdout"):
+        await load(kc, exec_timeout=20)
+    await wait_gone(*map(int, pids.read_text().split()))
+
+
+async def test_exec_env_args_and_stderr_secrets_never_come_out(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    env_secret, arg_secret, own_secret = "env-canary-9d1f37", "arg-canary-0be6c4", "own-c4n4ry-77e1"
+    plugin = Plugin(tmp_path, mode="tell", env_keys=["API_SECRET", "REGION"], stderr=(
+        f"fetching failed: api_key={own_secret}; giving up"
+    ))  # fmt: skip
+    section = plugin.exec_section(
+        env=[{"name": "API_SECRET", "value": env_secret}, {"name": "REGION", "value": "eu1"}],
+        args=["get-token", "--cluster", "prod-eu", f"--client-secret={arg_secret}"],
+    )
+    kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"exec": section})
+    with pytest.raises(CredentialsError) as err:
+        await load(kc)
+    message = str(err.value)
+    assert "exited with status 1" in message
+    assert "API_SECRET=<redacted>" in message and "api_key=<redacted>; giving up" in message
+    # Ordinary values stay readable: short env values, arguments not named like secrets.
+    assert "REGION=eu1" in message and "get-token --cluster prod-eu" in message
+    for secret in (env_secret, arg_secret, own_secret):
+        assert secret not in message and secret not in caplog.text
+    assert redact(f"x {env_secret} {arg_secret}") == "x <redacted> <redacted>"
+
+
 async def test_exec_plugin_does_not_block_event_loop(tmp_path):
     plugin = Plugin(tmp_path, mode="slow", sleep=0.5, ttl=3600)
     kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"exec": plugin.exec_section()})
@@ -572,11 +651,27 @@ async def test_tls_without_trusted_ca_fails(tmp_path):
             await _get(creds, url)
 
 
-async def test_tls_insecure_skip_verify(tmp_path):
+async def test_tls_insecure_skip_verify_works_and_warns_once_per_load(tmp_path, caplog):
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "insecure-skip-tls-verify" in r.msg]
+
     async with tls_server(tmp_path) as url:
         cluster = {"server": url, "insecure-skip-tls-verify": True}
-        creds = await load(write_kubeconfig(tmp_path / "k.yaml", cluster))
-        assert await _get(creds, url) == {"client_cn": None, "auth": False}
+        kc = write_kubeconfig(tmp_path / "k.yaml", cluster)
+        creds = await load(kc)
+        assert warnings() == [
+            f"kubeconfig {kc}: insecure-skip-tls-verify is set: the API server's certificate "
+            "is not checked, so whoever can intercept the connection gets this cluster's "
+            "credentials"
+        ]
+        for _ in range(3):
+            assert await _get(creds, url) == {"client_cn": None, "auth": False}
+        await creds.reload()  # what a 401 does: not a new cluster load
+        assert len(warnings()) == 1
+        await load(kc)  # a reload of the fleet's configuration is
+        assert len(warnings()) == 2
+    await load(write_kubeconfig(tmp_path / "safe.yaml", ca_cluster()))
+    assert len(warnings()) == 2
 
 
 async def test_mtls_client_certificate(tmp_path):
@@ -656,13 +751,13 @@ def test_check_permissions(tmp_path):
 
 
 def test_registry_longest_match_and_bounded_rotation(monkeypatch):
-    monkeypatch.setattr(credentials, "_pools", {"static": {}, "rotating": {}})
-    monkeypatch.setattr(credentials, "_index", {})
-    monkeypatch.setitem(credentials._LIMITS, "rotating", 3)
-    credentials._register("abcd-static", "abcd-static-and-longer")
+    monkeypatch.setattr(registry, "_pools", {"static": {}, "rotating": {}})
+    monkeypatch.setattr(registry, "_index", {})
+    monkeypatch.setitem(registry._LIMITS, "rotating", 3)
+    registry.register("abcd-static", "abcd-static-and-longer")
     assert redact("x abcd-static-and-longer y abcd-static z") == "x <redacted> y <redacted> z"
-    credentials._register("abcd-rot-1", "abcd-rot-2", "abcd-rot-3", "abcd-rot-4", pool="rotating")
+    registry.register("abcd-rot-1", "abcd-rot-2", "abcd-rot-3", "abcd-rot-4", pool="rotating")
     assert redact("abcd-rot-1 abcd-rot-4") == "abcd-rot-1 <redacted>"  # oldest rotated out
     assert redact("abcd-static") == "<redacted>"  # static secrets never rotate out
-    credentials._register("abc")  # too short to remember: would redact ordinary words
+    registry.register("abc")  # too short to remember: would redact ordinary words
     assert redact("abc abcd") == "abc abcd"

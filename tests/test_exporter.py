@@ -3,13 +3,14 @@
 import asyncio
 import gzip
 import shutil
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
 from fleet_exporter.credentials import redact
 
-from .conftest import gunzip_all, samples, value, wait_for
+from .conftest import Env, gunzip_all, samples, small_fleet_specs, started_env, value, wait_for
 
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 
@@ -280,7 +281,15 @@ async def test_health_and_readiness(env):
     assert "4 clusters" in text
 
 
-async def test_reload_adds_removes_and_keeps_cache(env):
+@pytest.fixture
+async def lifecycle_env(tmp_path) -> AsyncIterator[Env]:
+    """``env`` with ``--web.enable-lifecycle``: POST /-/reload reloads."""
+    async with started_env(tmp_path, small_fleet_specs(), enable_lifecycle=True) as e:
+        yield e
+
+
+async def test_reload_adds_removes_and_keeps_cache(lifecycle_env):
+    env = lifecycle_env
     await env.probe("alpha")
     calls = env.sim.requests("alpha", "volumes")
     shutil.copy(env.clusters / "delta.yaml", env.clusters / "epsilon.yaml")
@@ -294,7 +303,8 @@ async def test_reload_adds_removes_and_keeps_cache(env):
     assert env.sim.requests("alpha", "volumes") == calls  # unchanged cluster kept its cache
 
 
-async def test_failed_reload_keeps_running_config(env):
+async def test_failed_reload_keeps_running_config(lifecycle_env):
+    env = lifecycle_env
     (env.clusters / "fleet.yaml").write_text("defaults: {cache_tll: 3}\n")
     async with env.session.post(env.url + "/-/reload") as r:
         assert r.status == 500
@@ -302,6 +312,65 @@ async def test_failed_reload_keeps_running_config(env):
     assert value((await env.probe("alpha"))[1], "probe_success") == 1
     _, metrics, _ = await env.get("/metrics")
     assert "fleet_exporter_config_last_reload_successful 0.0" in metrics
+
+
+async def test_reload_over_http_is_off_without_the_flag(env):
+    shutil.copy(env.clusters / "delta.yaml", env.clusters / "epsilon.yaml")
+    async with env.session.post(env.url + "/-/reload") as r:
+        assert r.status == 403
+        assert "start with --web.enable-lifecycle, or send SIGHUP" in await r.text()
+    assert (await env.probe("epsilon"))[0] == 400  # nothing was reloaded
+
+
+# What headless Chromium sends for a form a page on http://localhost:8000 posts to the
+# exporter (tests/browser/test_pages_browser.py sees the real thing); then each signal
+# alone, as other browsers or plain-HTTP deployments (no Sec-Fetch-*) send them.
+CHROMIUM_FORM = {
+    "Origin": "http://localhost:8000",
+    "Referer": "http://localhost:8000/",
+    "Content-Type": "application/x-www-form-urlencoded",
+    "Sec-Fetch-Site": "cross-site",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Dest": "document",
+    "Upgrade-Insecure-Requests": "1",
+    "Cache-Control": "max-age=0",
+}
+CROSS_ORIGIN = {
+    "Chromium form": (CHROMIUM_FORM, "Sec-Fetch-Site is cross-site"),
+    "same site, another port": ({"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site is same-site"),
+    "Origin only": ({"Origin": "http://evil.example"}, "Origin does not match Host"),
+    "sandboxed page": ({"Origin": "null"}, "Origin does not match Host"),
+    "form, no Origin": ({"Content-Type": "text/plain"}, "a form's content type (text/plain)"),
+    "multipart form": (
+        {"Content-Type": "multipart/form-data; boundary=x"},
+        "a form's content type (multipart/form-data)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CROSS_ORIGIN))
+async def test_cross_origin_reload_is_refused(lifecycle_env, case):
+    env = lifecycle_env
+    headers, reason = CROSS_ORIGIN[case]
+    shutil.copy(env.clusters / "delta.yaml", env.clusters / "epsilon.yaml")
+    async with env.session.post(env.url + "/-/reload", headers=headers, data=b"a=1") as r:
+        assert r.status == 403
+        assert await r.text() == (
+            f"Forbidden: cross-origin request refused ({reason}); "
+            "POST /-/reload from a script or curl instead\n"
+        )
+    assert (await env.probe("epsilon"))[0] == 400  # nothing was reloaded
+
+
+async def test_same_origin_and_script_reloads_pass(lifecycle_env):
+    env = lifecycle_env
+    for headers in (
+        {},  # curl -X POST
+        {"Origin": env.url, "Sec-Fetch-Site": "same-origin", "Content-Type": "application/json"},
+        {"Sec-Fetch-Site": "none"},  # typed by a person, not sent by a page
+    ):
+        async with env.session.post(env.url + "/-/reload", headers=headers) as r:
+            assert r.status == 200, (headers, await r.text())
 
 
 async def test_no_credential_in_any_output(env):

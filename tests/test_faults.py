@@ -22,7 +22,9 @@ UPSTREAM_FAULTS = {
     "401": {"401"},
     "403": {"403"},
     "404": {"404"},
-    "429": {"429"},
+    "429": {"429"},  # Retry-After: 1, waited for within the deadline
+    "throttle": {"429"},  # Retry-After: 3600, past the deadline: fails at once
+    "redirect": {"redirect"},  # never followed
     "500": {"500"},
     "503": {"503"},
     "timeout": {"timeout"},
@@ -139,7 +141,16 @@ async def test_upstream_fault_matrix(tmp_path, caplog):
         assert not problems, "\n".join(problems)
         canary.check()
         _, metrics, _ = await env.get("/metrics")
-        for code in ("401", "403", "410", "timeout", "body_too_large", "invalid", "reset"):
+        for code in (
+            "401",
+            "403",
+            "410",
+            "timeout",
+            "body_too_large",
+            "invalid",
+            "reset",
+            "redirect",
+        ):
             assert f'code="{code}"' in metrics, code
 
 

@@ -2,6 +2,7 @@
 auth), and its graceful shutdown, run as a separate process against the simulated fleet."""
 
 import asyncio
+import html
 import signal
 import socket
 import ssl
@@ -11,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import bcrypt
 import pytest
+import yaml
 
 from simulator.server import SimulatedFleet
 from simulator.tls import CertificateAuthority
@@ -227,3 +229,66 @@ async def test_sighup_reloads_the_clusters_directory(sim, tmp_path):
         assert status == 200
         assert value(samples(text), "probe_success") == 1
     assert "defaults.nonsense: unknown key" in exp.log.read_text()
+
+
+PLUGIN_TELLS = """
+import os, sys
+# A failing plugin that prints everything it was given: env values bare and as NAME=value,
+# and its arguments.
+sys.stderr.write(os.environ["API_SECRET"] + " " + os.environ["PLUGIN_CONFIG"] + "\\n")
+sys.stderr.write("API_SECRET=" + os.environ["API_SECRET"] + "\\n")
+sys.stderr.write("args: " + " ".join(sys.argv[1:]) + "\\n")
+sys.exit(1)
+"""
+
+
+async def test_exec_plugin_env_args_and_stderr_never_come_out(sim, tmp_path):
+    """A canary in an exec plugin's ``env:`` (named like a secret and not), in its args, all
+    printed to stderr: none may appear in the log, the debug probe, /api/clusters or the
+    cluster page, which all show the plugin's error."""
+    _fleet, clusters = sim
+    canaries = ["env-canary-5c1e0b9a", "plain-env-canary-a8d2", "arg-canary-73f0d1"]
+    script = tmp_path / "tells.py"
+    script.write_text(PLUGIN_TELLS)
+    kc = clusters / "alpha.yaml"
+    config = yaml.safe_load(kc.read_text())
+    config["users"][0]["user"] = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": sys.executable,
+            "args": [str(script), "--cluster=alpha", f"--client-secret={canaries[2]}"],
+            "env": [
+                {"name": "API_SECRET", "value": canaries[0]},
+                {"name": "PLUGIN_CONFIG", "value": canaries[1]},
+            ],
+            "interactiveMode": "Never",
+        }
+    }
+    kc.write_text(yaml.safe_dump(config))
+    async with Exporter(clusters) as exp:
+        url = f"http://127.0.0.1:{exp.port}"
+        await wait_ready(url)
+        outputs = {}
+        async with aiohttp.ClientSession() as s:
+            for path in (
+                "/probe?cluster=alpha&debug=true",
+                "/probe?cluster=alpha",
+                "/api/clusters",
+                "/api/clusters/alpha",
+                "/clusters/alpha",
+                "/",
+                "/metrics",
+            ):
+                async with s.get(url + path) as r:
+                    outputs[path] = await r.text()
+    outputs["log"] = exp.log.read_text()
+    # The plugin's error reached every place that shows it...
+    for where in ("/probe?cluster=alpha&debug=true", "/api/clusters", "/clusters/alpha", "log"):
+        assert "exited with status 1" in outputs[where], where
+        shown = "API_SECRET=<redacted>"
+        assert (html.escape(shown) if where.startswith("/clusters") else shown) in outputs[where]
+    assert "--cluster=alpha" in outputs["/api/clusters/alpha"]  # ordinary args stay readable
+    # ...and no canary anywhere.
+    for where, text in outputs.items():
+        for canary in canaries:
+            assert canary not in text, f"{canary} in {where}"

@@ -351,57 +351,142 @@ async def test_protect_everything_when_asked(tmp_path, client):
         assert (await client.get(f"{url}/healthz", headers=auth("alice", PASSWORD)))[0] == 200
 
 
-async def test_unknown_users_cost_a_bcrypt_check_at_the_configured_cost(tmp_path, monkeypatch):
-    checked: list[bytes] = []
+@pytest.fixture
+def bcrypt_calls(monkeypatch) -> list[tuple[bytes, bytes]]:
+    """Every (password, hash) bcrypt was asked to check."""
+    calls: list[tuple[bytes, bytes]] = []
     real = webconfig._checkpw
 
     def spy(password: bytes, hashed: bytes) -> bool:
-        checked.append(hashed)
+        calls.append((password, hashed))
         return real(password, hashed)
 
     monkeypatch.setattr(webconfig, "_checkpw", spy)
+    return calls
+
+
+async def test_unknown_users_cost_a_bcrypt_check_at_the_configured_cost(tmp_path, bcrypt_calls):
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(5)).decode()
     cfg = WebConfig.load(write_config(tmp_path, {"basic_auth_users": {"alice": hashed}}))
     async with serve(cfg) as url, aiohttp.ClientSession() as s:
-        for _ in range(3):  # repeated scrapes hit the cache: one bcrypt each
+        for _ in range(3):  # a verified password is checked once; failures every time
             for user, password, expected in (("alice", PASSWORD, 200), ("eve", PASSWORD, 401)):
                 async with s.get(f"{url}/", headers=auth(user, password)) as r:
                     assert r.status == expected
-    assert len(checked) == 2
+    checked = [h for _, h in bcrypt_calls]
+    assert len(checked) == 4
     assert checked[0] == hashed.encode()
     dummy = checked[1]
     assert dummy != hashed.encode() and dummy.startswith(b"$2b$05$")
+    assert checked[1:] == [dummy] * 3
 
 
-async def test_auth_cache_is_bounded():
-    authn = webconfig._Authenticator()
-    users = {"alice": hash_pw(PASSWORD).encode()}
-    dummy = webconfig.dummy_hash(4)
-    results = [
-        await authn.check(users, dummy, auth("alice", f"guess-{i}")["Authorization"])
-        for i in range(webconfig.AUTH_CACHE_SIZE + 20)
-    ]
-    assert not any(results)
-    assert len(authn._cache) == webconfig.AUTH_CACHE_SIZE
-    assert await authn.check(users, dummy, auth("alice", PASSWORD)["Authorization"])
+@contextlib.asynccontextmanager
+async def from_address(address: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client whose connections come from ``address`` (any 127.x.y.z reaches 127.0.0.1)."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0), force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
 
 
-async def test_rate_limit(tmp_path, client):
-    doc = {"rate_limit": {"interval": "1h", "burst": 3}}
-    cfg = WebConfig.load(write_config(tmp_path, doc))
+async def status_of(session: aiohttp.ClientSession, url: str, **kw: Any) -> int:
+    async with session.get(url, **kw) as r:
+        await r.read()
+        return r.status
+
+
+async def test_failed_logins_cannot_evict_a_verified_password(tmp_path, bcrypt_calls):
+    """Hundreds of wrong passwords from many addresses (the toolkit's 100-entry cache let
+    200 evict the good one; the next scrape then queued behind them for 40 s)."""
+    users = {"prometheus": hash_pw(PASSWORD), "grafana": hash_pw("another password 7c1d")}
+    cfg = WebConfig.load(write_config(tmp_path, {"basic_auth_users": users}))
+    good = auth("prometheus", PASSWORD)
     async with serve(cfg) as url:
-        statuses = [(await client.get(f"{url}/metrics"))[0] for _ in range(3)]
-        assert statuses == [200, 200, 200]
-        status, _, headers = await client.get(f"{url}/probe")
-        assert status == 429
-        assert int(headers["Retry-After"]) > 3000
-        assert (await client.get(f"{url}/-/ready"))[0] == 200  # kubelet is not limited
+        async with from_address("127.0.0.1") as prometheus:
+            assert await status_of(prometheus, f"{url}/probe", headers=good) == 200
+        assert bcrypt_calls[0][0] == PASSWORD.encode() and len(bcrypt_calls) == 1
+        statuses = []
+        for n in range(30):  # 30 addresses, each up to its allowance of failures
+            async with from_address(f"127.0.0.{n + 2}") as attacker:
+                for i in range(webconfig.PER_CLIENT.burst):
+                    guess = auth("prometheus", f"guess-{n}-{i}")
+                    statuses.append(await status_of(attacker, f"{url}/probe", headers=guess))
+        assert statuses == [401] * 300
+        assert len(bcrypt_calls) == 301  # every one of them was really checked
+        async with from_address("127.0.0.1") as prometheus:
+            for _ in range(5):
+                assert await status_of(prometheus, f"{url}/probe", headers=good) == 200
+        assert len(bcrypt_calls) == 301  # served from the verified entry: no bcrypt at all
+        assert len(cfg._auth._verified) <= len(users)
+
+
+async def test_failed_logins_are_limited_per_client_address(tmp_path, bcrypt_calls):
+    users = {"prometheus": hash_pw(PASSWORD)}
+    cfg = WebConfig.load(write_config(tmp_path, {"basic_auth_users": users}))
+    good = auth("prometheus", PASSWORD)
+    burst = webconfig.PER_CLIENT.burst
+    async with serve(cfg) as url:
+        async with from_address("127.0.0.7") as attacker:
+            statuses = [
+                await status_of(attacker, f"{url}/", headers=auth("prometheus", f"guess-{i}"))
+                for i in range(burst + 50)
+            ]
+            assert statuses == [401] * burst + [429] * 50
+            async with attacker.get(f"{url}/", headers=auth("prometheus", "x")) as r:
+                assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+                assert "too many failed logins" in await r.text()
+            # From the address that failed, even the right password waits its turn.
+            assert await status_of(attacker, f"{url}/", headers=good) == 429
+        assert len(bcrypt_calls) == burst  # the refused ones cost no bcrypt
+        # Another address is not locked out: a first login there verifies at once.
+        async with from_address("127.0.0.1") as prometheus:
+            assert await status_of(prometheus, f"{url}/", headers=good) == 200
+        # Requests without credentials are no login attempt: 401, never counted.
+        async with from_address("127.0.0.8") as anonymous:
+            assert [await status_of(anonymous, f"{url}/") for _ in range(30)] == [401] * 30
+
+
+async def test_rate_limit_counts_failed_logins_not_good_ones(tmp_path, bcrypt_calls):
+    users = {"prometheus": hash_pw(PASSWORD), "grafana": hash_pw(NEW_PASSWORD)}
+    doc = {"basic_auth_users": users, "rate_limit": {"interval": "1h", "burst": 3}}
+    cfg = WebConfig.load(write_config(tmp_path, doc))
+    good = auth("prometheus", PASSWORD)
+    async with serve(cfg) as url, aiohttp.ClientSession() as s:
+        # A steady stream of good scrapes never spends the limit.
+        assert [await status_of(s, f"{url}/probe", headers=good) for _ in range(50)] == [200] * 50
+        # Failed logins do, across all addresses: 3, then 429 before any bcrypt.
+        failed = []
+        for n in range(5):
+            async with from_address(f"127.0.0.{n + 2}") as attacker:
+                failed.append(await status_of(attacker, f"{url}/", headers=auth("x", "y")))
+        assert failed == [401, 401, 401, 429, 429]
+        async with (
+            from_address("127.0.0.9") as attacker,
+            attacker.get(f"{url}/", headers=auth("prometheus", WRONG)) as r,
+        ):
+            assert r.status == 429 and int(r.headers["Retry-After"]) > 3000
+        # The verified password is still served at once...
+        assert [await status_of(s, f"{url}/probe", headers=good) for _ in range(5)] == [200] * 5
+        # ...while a password not verified yet waits until failures stop (the price of
+        # bounding bcrypt work overall).
+        assert await status_of(s, f"{url}/", headers=auth("grafana", NEW_PASSWORD)) == 429
+        assert await status_of(s, f"{url}/-/ready") == 200  # kubelet is not limited
+    assert len(bcrypt_calls) == 4  # one good, three failed
+
+
+async def test_rate_limit_without_users_limits_nothing(tmp_path, client, caplog):
+    caplog.set_level(logging.INFO)
+    cfg = WebConfig.load(write_config(tmp_path, {"rate_limit": {"interval": "1h", "burst": 1}}))
+    assert "without basic_auth_users it has no effect" in caplog.text
+    async with serve(cfg) as url:
+        assert [(await client.get(f"{url}/metrics"))[0] for _ in range(10)] == [200] * 10
 
 
 def test_token_bucket_refills_one_token_per_interval():
     now = [100.0]
     bucket = TokenBucket(RateLimit(interval=2.0, burst=2), clock=lambda: now[0])
     assert [bucket.take(), bucket.take()] == [0.0, 0.0]
+    assert bucket.wait() == pytest.approx(2.0)  # waiting takes nothing
     assert bucket.take() == pytest.approx(2.0)
     now[0] += 1.0
     assert bucket.take() == pytest.approx(1.0)

@@ -4,12 +4,19 @@
 to reach an address of the caller's choosing (the open-proxy complaint every probe-style
 exporter gets). A failing cluster is an HTTP 200 with ``probe_success 0``: Prometheus'
 ``up`` stays about the exporter itself, as with blackbox_exporter.
+
+State-changing endpoints (``POST /-/reload``) are off unless asked for
+(``--web.enable-lifecycle``, Prometheus' flag and default: SIGHUP reloads as well), and
+never serve a request a browser sent on behalf of a page of another origin
+(``same_origin_only``): a page anywhere on the web must not be able to make a
+scraper's browser reload the fleet's configuration.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -20,6 +27,12 @@ from . import pages
 from .probe import PROBE_SLOTS, ProbeSlots, handle_probe
 
 log = logging.getLogger(__name__)
+
+ENABLE_LIFECYCLE = web.AppKey("enable_lifecycle", bool)
+# What an HTML form (or a no-cors fetch) can send without a CORS preflight, which the
+# exporter never grants: any other type proves the request was not made by a page.
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _plain(status: int, text: str) -> web.Response:
@@ -63,6 +76,12 @@ async def handle_ready(request: web.Request) -> web.Response:
 
 
 async def handle_reload(request: web.Request) -> web.Response:
+    if not request.app[ENABLE_LIFECYCLE]:
+        return _plain(
+            403,
+            "Forbidden: reloading over HTTP is off; start with --web.enable-lifecycle, "
+            "or send SIGHUP",
+        )
     try:
         result = await request.app[FLEET].reload()
     except ConfigError as e:
@@ -83,6 +102,37 @@ async def security_headers(request: web.Request, handler):
     return response
 
 
+def cross_origin(request: web.Request) -> str | None:
+    """Why this request looks sent by a browser for a page of another origin, or None.
+
+    Browsers send ``Origin`` on every cross-origin POST, and ``Sec-Fetch-Site`` on every
+    request to a trustworthy origin (https, localhost); a page can only post the form
+    content types without a preflight. Scripts and curl send none of these."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {site}"
+    origin = request.headers.get("Origin")
+    if origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host):
+        return "Origin does not match Host"
+    if request.content_type in FORM_TYPES:
+        return f"a form's content type ({request.content_type})"
+    return None
+
+
+@web.middleware
+async def same_origin_only(request: web.Request, handler):
+    """Refuse state-changing requests a page of another origin could have made."""
+    if request.method not in SAFE_METHODS:
+        reason = cross_origin(request)
+        if reason is not None:
+            return _plain(
+                403,
+                f"Forbidden: cross-origin request refused ({reason}); "
+                f"{request.method} {request.path} from a script or curl instead",
+            )
+    return await handler(request)
+
+
 MAX_BODY = 64 * 1024  # no endpoint takes a body; this is generous for POST /-/reload
 
 
@@ -95,10 +145,14 @@ async def bounded_body(request: web.Request, handler):
     return await handler(request)
 
 
-def create_app(fleet: Fleet) -> web.Application:
-    """Routes only. The fleet is started and closed with the app."""
-    app = web.Application(middlewares=[security_headers, bounded_body], client_max_size=MAX_BODY)
+def create_app(fleet: Fleet, *, enable_lifecycle: bool = False) -> web.Application:
+    """Routes only. The fleet is started and closed with the app. ``enable_lifecycle``
+    lets ``POST /-/reload`` reload (else it is a 403 saying how to turn it on)."""
+    app = web.Application(
+        middlewares=[security_headers, same_origin_only, bounded_body], client_max_size=MAX_BODY
+    )
     app[FLEET] = fleet
+    app[ENABLE_LIFECYCLE] = enable_lifecycle
     app[PROBE_SLOTS] = ProbeSlots(200)
 
     async def lifecycle(app: web.Application):

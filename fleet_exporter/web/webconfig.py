@@ -19,6 +19,20 @@ explicit: a warning logged at each load, or an error naming the key.
 - ``client_allowed_sans`` is checked per request (403) rather than in the handshake, because
   ``ssl`` has no verify callback; the effect on who is served is the same.
 
+Decision on logins: nothing a client does can lock Prometheus out. A (user, password) that
+verified once is remembered (an HMAC of it, one per configured user) and served from then on
+without bcrypt and without any limit; failed attempts never touch it (the toolkit's
+100-entry random-eviction cache let 200 wrong passwords evict it, after which each scrape
+queued behind the attackers' bcrypt checks). What is rate-limited is *failed logins*: each
+failure takes a token from its client address's bucket (``PER_CLIENT``: 10 at once, then
+one a second) and from the overall bucket, which is the file's ``rate_limit`` when set;
+while either is empty, further attempts from there are answered 429 before any bcrypt,
+and at most ``MAX_WAITING`` attempts wait for a check at once. So ``rate_limit`` here
+limits failed logins across all clients, not requests: a steady stream of good scrapes
+never spends it, and without ``basic_auth_users`` it limits nothing (a warning says so).
+The price: while a flood keeps the overall bucket empty, a password not yet verified since
+start (or since it changed) is refused too, until the flood stops.
+
 Decision on kubelet probes: ``/healthz``, ``/-/healthy`` and ``/-/ready`` skip basic auth and
 the rate limit (kubelet cannot send credentials, a liveness probe must not get 429, and they
 reveal nothing). Everything else, including ``/metrics``, ``/probe`` and the pages, is
@@ -57,6 +71,7 @@ import time
 import warnings
 from base64 import b64decode
 from binascii import Error as Base64Error
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +80,6 @@ from typing import Any
 import bcrypt
 import yaml
 from aiohttp import web
-from cachetools import RRCache
 from cryptography import x509
 
 log = logging.getLogger(__name__)
@@ -73,7 +87,6 @@ log = logging.getLogger(__name__)
 HEALTH_PATHS = frozenset({"/healthz", "/-/healthy", "/-/ready"})
 REALM = "fleet-exporter"
 MAX_FILE_BYTES = 1024 * 1024
-AUTH_CACHE_SIZE = 100  # the toolkit's size; random eviction, as there
 
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -165,10 +178,16 @@ class TLSSettings:
 
 @dataclass(frozen=True)
 class RateLimit:
-    """A global token bucket: ``burst`` tokens, one more every ``interval`` seconds."""
+    """A token bucket: ``burst`` tokens, one more every ``interval`` seconds."""
 
     interval: float
     burst: int
+
+
+# Failed logins one client address may make: 10 at once, then one a second.
+PER_CLIENT = RateLimit(interval=1.0, burst=10)
+MAX_CLIENTS = 4096  # addresses remembered for their failures; the longest quiet go first
+MAX_WAITING = 16  # login attempts waiting for a bcrypt check; more are refused at once
 
 
 @dataclass(frozen=True)
@@ -203,6 +222,7 @@ class _Parser:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.warnings: list[str] = []
+        self.has_users = False
 
     def fail(self, where: str, problem: str) -> WebConfigError:
         return WebConfigError(f"web config {self.path}: {where}: {problem}")
@@ -260,11 +280,13 @@ class _Parser:
         http = self.mapping(
             top.get("http_server_config"), "http_server_config", ("http2", "headers")
         )
+        users = self.users(top.get("basic_auth_users"))
+        self.has_users = bool(users)
         return Settings(
             tls=self.tls(top.get("tls_server_config")),
             http2=self.boolean(http.get("http2"), "http_server_config.http2", True),
             headers=self.headers(http.get("headers")),
-            users=self.users(top.get("basic_auth_users")),
+            users=users,
             rate_limit=self.rate_limit(top.get("rate_limit")),
             warnings=tuple(self.warnings),
         )
@@ -426,6 +448,11 @@ class _Parser:
             return None  # the toolkit's "0 disables the rate limiter"
         if burst < 1:
             raise self.fail(f"{where}.burst", "must be at least 1 (0 would refuse every request)")
+        if not self.has_users:
+            self.warnings.append(
+                "rate_limit limits failed basic-auth logins; without basic_auth_users it "
+                "has no effect"
+            )
         return RateLimit(interval, burst)
 
     def duration(self, value: Any, where: str) -> float:
@@ -596,14 +623,18 @@ class TokenBucket:
 
     def take(self) -> float:
         """0 when a token was taken, else the seconds until one is available."""
+        wait = self.wait()
+        if not wait:
+            self._tokens -= 1
+        return wait
+
+    def wait(self) -> float:
+        """0 when a token is available, else the seconds until one is; takes none."""
         now = self._clock()
         elapsed = max(0.0, now - self._at)
         self._tokens = min(self.limit.burst, self._tokens + elapsed / self.limit.interval)
         self._at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) * self.limit.interval
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) * self.limit.interval
 
 
 @functools.cache
@@ -638,42 +669,79 @@ def _checkpw(password: bytes, hashed: bytes) -> bool:
 
 
 class _Authenticator:
-    """bcrypt checks off the event loop, one at a time (they are CPU-bound, like the
-    toolkit's mutex), behind a bounded cache keyed by an HMAC of user+hash+password, so
-    repeated scrapes cost a dict lookup and no password is kept as a key."""
+    """Basic auth where failures cost the one who fails (module docstring, "Decision on
+    logins"). bcrypt checks run off the event loop, one at a time (they are CPU-bound,
+    like the toolkit's mutex). Verified passwords are kept as an HMAC of user, hash and
+    password under a key that lives in memory only, so no password is kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._key = secrets.token_bytes(32)
-        self._cache: RRCache = RRCache(maxsize=AUTH_CACHE_SIZE)
+        self._clock = clock
+        self._verified: dict[str, bytes] = {}  # user -> HMAC of the password that verified
+        self._clients: OrderedDict[str, TokenBucket] = OrderedDict()  # failed logins
         self._lock = asyncio.Lock()
+        self._waiting = 0
 
-    def _cache_key(self, *parts: bytes) -> bytes:
+    def _mac(self, *parts: bytes) -> bytes:
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
         for part in parts:
             mac.update(len(part).to_bytes(8, "big") + part)
         return mac.digest()
 
-    async def check(self, users: Mapping[str, bytes], dummy: bytes, header: str) -> bool:
+    async def check(
+        self,
+        users: Mapping[str, bytes],
+        dummy: bytes,
+        header: str,
+        client: str,
+        overall: TokenBucket | None,
+    ) -> tuple[int, float]:
+        """200 (let in), 401 (no valid credentials) or 429 with the seconds to wait."""
         creds = _basic_credentials(header)
         if creds is None:
-            return False
+            return 401, 0.0  # no login attempted: nothing to check, nothing to count
         user_bytes, password = creds
         try:
             user = user_bytes.decode()
         except UnicodeDecodeError:
-            user = None
-        hashed = users.get(user) if user is not None else None
-        known = hashed is not None
-        hashed = hashed if hashed is not None else dummy
-        key = self._cache_key(user_bytes, hashed, password)
-        ok = self._cache.get(key)
-        if ok is None:
+            user = ""
+        hashed = users.get(user)
+        mac = self._mac(user_bytes, hashed or dummy, password)
+        if hashed is not None and hmac.compare_digest(self._verified.get(user, b""), mac):
+            return 200, 0.0
+        wait = self._refusal(client, overall)
+        if wait or self._waiting >= MAX_WAITING:
+            return 429, wait or 1.0
+        self._waiting += 1
+        try:
             async with self._lock:
-                ok = self._cache.get(key)
-                if ok is None:
-                    ok = await asyncio.to_thread(_checkpw, password, hashed)
-                    self._cache[key] = ok
-        return known and ok
+                wait = self._refusal(client, overall)  # others failed while we waited
+                if wait:
+                    return 429, wait
+                # Unknown users cost a check against the dummy hash: timing does not tell.
+                ok = await asyncio.to_thread(_checkpw, password, hashed or dummy)
+        finally:
+            self._waiting -= 1
+        if ok and hashed is not None:
+            self._verified = {u: m for u, m in self._verified.items() if u in users}
+            self._verified[user] = mac
+            return 200, 0.0
+        self._failed(client, overall)
+        return 401, 0.0
+
+    def _refusal(self, client: str, overall: TokenBucket | None) -> float:
+        """Seconds until this client may try again (0: now)."""
+        bucket = self._clients.get(client)
+        return max(bucket.wait() if bucket else 0.0, overall.wait() if overall else 0.0)
+
+    def _failed(self, client: str, overall: TokenBucket | None) -> None:
+        bucket = self._clients.pop(client, None) or TokenBucket(PER_CLIENT, self._clock)
+        bucket.take()
+        self._clients[client] = bucket  # most recently failing last
+        if len(self._clients) > MAX_CLIENTS:
+            self._clients.popitem(last=False)
+        if overall is not None:
+            overall.take()
 
 
 # --- the live configuration --------------------------------------------------------------------
@@ -684,7 +752,7 @@ class _State:
     settings: Settings
     digest: bytes
     context: ssl.SSLContext | None
-    bucket: TokenBucket | None
+    bucket: TokenBucket | None  # failed logins across all clients (rate_limit)
     dummy: bytes
 
 
@@ -707,7 +775,7 @@ class WebConfig:
         self.open_paths = open_paths
         self.check_interval = check_interval
         self._clock = clock
-        self._auth = _Authenticator()
+        self._auth = _Authenticator(clock)
         self._failed: bytes | None = None
         self._attempted: tuple[Path, ...] = ()
         self.last_error: str | None = None
@@ -782,10 +850,15 @@ class WebConfig:
     def _log_loaded(self) -> None:
         s = self.settings
         tls = f"TLS ({s.tls.client_auth_type})" if s.tls else "plain HTTP"
-        rate = f"{s.rate_limit.burst} per {s.rate_limit.interval:g}s" if s.rate_limit else "off"
+        limit = s.rate_limit
+        rate = f"{limit.burst} per {limit.interval:g}s" if limit and s.users else "off"
         users = len(s.users)
         log.info(
-            "web config %s: %s, basic auth: %d users, rate limit: %s", self.path, tls, users, rate
+            "web config %s: %s, basic auth: %d users, failed logins limited: %s",
+            self.path,
+            tls,
+            users,
+            rate,
         )
         for warning in s.warnings:
             log.warning("web config %s: %s", self.path, warning)
@@ -861,24 +934,26 @@ class WebConfig:
             return _plain(403, "Forbidden: client certificate not allowed")
         if self._is_open(request):
             return None
-        if state.bucket is not None:
-            wait = state.bucket.take()
-            if wait > 0:
-                response = _plain(429, "Too Many Requests")
-                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-                return response
         users = state.settings.users
-        if users:
-            header = request.headers.get("Authorization", "")
-            if not await self._auth.check(users, state.dummy, header):
-                response = _plain(401, "Unauthorized")
-                response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
-                return response
+        if not users:
+            return None
+        header = request.headers.get("Authorization", "")
+        client = request.remote or ""
+        status, wait = await self._auth.check(users, state.dummy, header, client, state.bucket)
+        if status == 429:
+            response = _plain(429, "Too Many Requests: too many failed logins")
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
+        if status == 401:
+            response = _plain(401, "Unauthorized")
+            response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
+            return response
         return None
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """TLS client SAN check, rate limit, basic auth, then the configured headers."""
+        """TLS client SAN check, basic auth (failed logins rate-limited), then the configured
+        headers."""
         self.check()
         state = self._state
         try:

@@ -99,7 +99,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
         serve = [sys.executable, "-m", "fleet_exporter.cli", "serve", "--clusters", str(clusters)]
         with log.open("w") as out:
             exporter = subprocess.Popen(
-                [*serve, "--listen", f"127.0.0.1:{port}"],
+                [*serve, "--listen", f"127.0.0.1:{port}", "--web.enable-lifecycle"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
