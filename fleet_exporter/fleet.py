@@ -89,12 +89,19 @@ def _fingerprint(cfg: ClusterConfig) -> str:
 
 class Fleet:
     def __init__(
-        self, directory: Path, metrics: SelfMetrics | None = None, only: set[str] | None = None
+        self,
+        directory: Path,
+        metrics: SelfMetrics | None = None,
+        only: set[str] | None = None,
+        report: bool = True,
     ):
         """``only`` limits the fleet to some clusters (``fleet-exporter probe`` loads just
-        the one it probes, so other clusters' exec plugins do not run)."""
+        the one it probes, so other clusters' exec plugins do not run). ``report=False``
+        leaves per-cluster problems out of the log, for commands that print each cluster's
+        outcome themselves (``check``, ``probe``), so nothing is said twice."""
         self.directory = Path(directory)
         self.only = only
+        self.report = report
         self.metrics = metrics or SelfMetrics()
         self.clusters: dict[str, ClusterRuntime] = {}
         self.config: FleetConfig | None = None
@@ -113,8 +120,8 @@ class Fleet:
         tried), so a slow exec plugin never keeps the server from listening. Raises
         ConfigError when the directory or fleet.yaml is unusable; a broken kubeconfig is
         not such an error."""
-        self.session = new_session()
-        config = await self._read_config()
+        config = await asyncio.to_thread(load_fleet, self.directory)
+        self.session = new_session()  # only now: a failed start leaves nothing to close
         self.config = config  # the server settings apply from the start
         self._loading = asyncio.create_task(self._initial_load(config), name="initial-load")
 
@@ -183,8 +190,9 @@ class Fleet:
         removed = [name for name in old if name not in new]
         for name in removed:
             self.cache.forget(name)
-        for filename, reason in config.rejected.items():
-            log.error("ignoring %s in %s: %s", filename, config.directory, reason)
+        if self.report:
+            for filename, reason in config.rejected.items():
+                log.error("ignoring %s in %s: %s", filename, config.directory, reason)
         limit = config.server.max_concurrent_refreshes
         if self._refresh_slots is None or self._refresh_slots.size != limit:
             self._refresh_slots = Slots(limit)
@@ -214,8 +222,11 @@ class Fleet:
                 path, exec_timeout=rt.config.settings.exec_timeout
             )
         except CredentialsError as e:
-            rt.load_error = f"kubeconfig {path.name}: {e}"
-            log.error("cluster %s: %s", rt.name, rt.load_error)
+            # The error names the file already ("kubeconfig PATH: ...").
+            text = str(e)
+            rt.load_error = text if text.startswith("kubeconfig ") else f"kubeconfig {path}: {text}"
+            if self.report:
+                log.error("cluster %s: %s", rt.name, rt.load_error)
         finally:
             rt.loaded.set()
 
@@ -255,7 +266,8 @@ class Fleet:
             if result.ok:
                 self.metrics.last_refresh_success.labels(rt.name).set(result.finished_at)
                 rt.last_refresh_seconds = result.duration
-        if result.error:
+        if result.error and rt.load_error is None and self.report:
+            # A broken cluster's reason was logged when it was loaded, not at every probe.
             log.warning("cluster %s: %s", rt.name, result.error)
         return result
 
