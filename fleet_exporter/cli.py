@@ -278,9 +278,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             line = f"FAIL  {name:<{width}}  {reason}"
         print(line)
     rejected = fleet.config.rejected if fleet.config else {}
-    for filename, reason in rejected.items():
+    for what, why in rejected.items():
         failed += 1
-        print(f"FAIL  {filename:<{width}}  {reason}")
+        print(f"FAIL  {what:<{width}}  {why.message}")
+    for what, why in (fleet.config.ignored if fleet.config else {}).items():
+        print(f"skip  {what:<{width}}  {why.message}")
     print(f"{len(results) - failed + len(rejected)}/{len(results) + len(rejected)} clusters ok")
     return 1 if failed else 0
 

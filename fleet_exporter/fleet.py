@@ -3,7 +3,10 @@
 Loading and reloading live here. A reload re-reads the clusters directory and changes only
 what changed: new clusters are loaded, removed ones forgotten, clusters whose kubeconfig or
 settings changed get fresh credentials and an empty cache, and the rest keep their cache.
-A reload that fails (bad fleet.yaml) keeps the running configuration.
+A problem with one cluster (its kubeconfig, its fleet.yaml entry, an entry without a
+kubeconfig) costs that cluster only and is logged once, when it appears. A reload that fails
+(a fleet.yaml that does not parse, a bad ``server:`` or ``defaults:``) keeps the running
+configuration.
 """
 
 from __future__ import annotations
@@ -78,8 +81,10 @@ class ReloadResult:
 
 
 def _fingerprint(cfg: ClusterConfig) -> str:
-    """Changes when the kubeconfig's bytes or the cluster's settings change."""
-    h = hashlib.sha256(repr((cfg.settings, sorted(cfg.labels.items()))).encode())
+    """Changes when the kubeconfig (its bytes or its path) or the cluster's settings change."""
+    h = hashlib.sha256(
+        repr((cfg.settings, sorted(cfg.labels.items()), cfg.error, str(cfg.kubeconfig))).encode()
+    )
     try:
         h.update(cfg.kubeconfig.read_bytes())
     except OSError as e:
@@ -119,7 +124,7 @@ class Fleet:
         their credentials load in the background (``ready`` turns true when all are
         tried), so a slow exec plugin never keeps the server from listening. Raises
         ConfigError when the directory or fleet.yaml is unusable; a broken kubeconfig is
-        not such an error."""
+        not such an error, nor is any other problem of one cluster."""
         config = await asyncio.to_thread(load_fleet, self.directory)
         self.session = new_session()  # only now: a failed start leaves nothing to close
         self.config = config  # the server settings apply from the start
@@ -164,6 +169,18 @@ class Fleet:
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
 
+    def _report_entries(self, config: FleetConfig) -> None:
+        """Log each rejected and ignored entry once: when it first appears (or its reason
+        changes), not at every reload."""
+        before = self.config if self.config is not config else None
+        for entries, old, level in (
+            (config.rejected, before.rejected if before else {}, logging.ERROR),
+            (config.ignored, before.ignored if before else {}, logging.INFO),
+        ):
+            for what, why in entries.items():
+                if old.get(what) != why:
+                    log.log(level, "%s: %s", what, why.message)
+
     async def _apply(self, config: FleetConfig) -> ReloadResult:
         old = self.clusters
         new: dict[str, ClusterRuntime] = {}
@@ -191,8 +208,7 @@ class Fleet:
         for name in removed:
             self.cache.forget(name)
         if self.report:
-            for filename, reason in config.rejected.items():
-                log.error("ignoring %s in %s: %s", filename, config.directory, reason)
+            self._report_entries(config)
         limit = config.server.max_concurrent_refreshes
         if self._refresh_slots is None or self._refresh_slots.size != limit:
             self._refresh_slots = Slots(limit)
@@ -202,6 +218,7 @@ class Fleet:
         await asyncio.gather(*(self._load_credentials(new[n]) for n in (*added, *changed)))
         broken = {n: rt.load_error for n, rt in new.items() if rt.load_error is not None}
         self.metrics.set_clusters({n: rt.credentials is not None for n, rt in new.items()}, removed)
+        self.metrics.set_config(Counter(why.reason for why in config.rejected.values()))
         log.info(
             "clusters loaded: %d configured (%d added, %d changed, %d removed), %d broken",
             len(new),
@@ -214,6 +231,12 @@ class Fleet:
 
     async def _load_credentials(self, rt: ClusterRuntime) -> None:
         path = rt.config.kubeconfig
+        if rt.config.error is not None:  # its fleet.yaml entry is bad: broken, not loaded
+            rt.load_error = rt.config.error
+            if self.report:
+                log.error("cluster %s: %s", rt.name, rt.load_error)
+            rt.loaded.set()
+            return
         warning = await asyncio.to_thread(check_permissions, path)
         if warning:
             log.warning("cluster %s: %s", rt.name, warning)

@@ -24,6 +24,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from . import __version__
+from .config import REJECTED
 
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -62,7 +63,8 @@ class SelfMetrics:
         )
         self.cluster_config_ok = Gauge(
             "fleet_exporter_cluster_config_ok",
-            "1 when the cluster's kubeconfig loaded, 0 when it is broken.",
+            "1 when the cluster's kubeconfig loaded, 0 when it is broken (its kubeconfig or "
+            "its fleet.yaml entry).",
             ["cluster"],
             registry=r,
         )
@@ -126,6 +128,15 @@ class SelfMetrics:
             "Time of the last successful reload of the clusters directory.",
             registry=r,
         )
+        self.config_problems = Gauge(
+            "fleet_exporter_config_problems",
+            "Files and fleet.yaml entries in the clusters directory that cannot be served, "
+            "by reason (the log and `fleet-exporter check` name each).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REJECTED:
+            self.config_problems.labels(reason)
 
     _PER_CLUSTER = (
         "cluster_configured",
@@ -156,6 +167,10 @@ class SelfMetrics:
                 self.cache_requests.labels(name, result)
         self.clusters.labels("configured").set(len(ok))
         self.clusters.labels("broken").set(sum(1 for good in ok.values() if not good))
+
+    def set_config(self, problems: dict[str, int]) -> None:
+        for reason in REJECTED:
+            self.config_problems.labels(reason).set(problems.get(reason, 0))
 
     def _remove_upstream(self, cluster: str) -> None:
         # prometheus_client has no "remove by partial labels"; walk the known children.
