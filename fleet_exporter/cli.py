@@ -19,9 +19,10 @@ from pathlib import Path
 from aiohttp import web
 
 from . import __version__
-from .config import ConfigError
+from .config import ConfigError, parse_duration
 from .credentials import RedactingFilter
 from .terminal import add_subcommand as add_triage
+from .watch import DEFAULT_INTERVAL
 from .web.webconfig import WebConfig, WebConfigError
 
 log = logging.getLogger("fleet_exporter")
@@ -140,7 +141,7 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
         log.error("cannot start: %s", e)
         return 2
     fleet = Fleet(directory)
-    app = create_app(fleet)
+    app = create_app(fleet, watch_interval=args.watch_interval)
     if web_config is not None:
         # Outermost: TLS peer checks, rate limit and basic auth come before any handler.
         app.middlewares.insert(0, web_config.middleware)
@@ -153,7 +154,7 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
         async def reload() -> None:
             # A failure is logged by the fleet, and the running configuration stays.
             with contextlib.suppress(ConfigError):
-                await app[FLEET].reload()
+                await app[FLEET].reload("signal")
 
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
 
@@ -162,11 +163,13 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
             settle_heap()  # the startup heap leaves the collector's sight (bench/README.md)
 
         app[SETTLE] = asyncio.create_task(settle())  # held: a task nobody holds may vanish
+        watching = f"every {args.watch_interval:g}s" if args.watch_interval else "off"
         log.info(
-            "fleet-exporter %s listening on %s (clusters in %s)",
+            "fleet-exporter %s listening on %s (clusters in %s, watch %s)",
             __version__,
             ", ".join(_address(s) for s in sockets),
             directory,
+            watching,
         )
 
     app.on_startup.append(on_startup)
@@ -191,6 +194,22 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
 def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def parse_interval(value: str) -> float:
+    """``--config.watch-interval``: seconds or a duration (``10s``, ``1m``); 0 = off."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parse_duration(value, "--config.watch-interval")
+        except ConfigError:
+            seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"invalid interval {value!r}: use e.g. 10s or 1m, or 0 to turn the watch off"
+        )
+    return seconds
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -334,6 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="how long in-flight requests may finish after SIGTERM",
+    )
+    serve.add_argument(
+        "--config.watch-interval",
+        dest="watch_interval",
+        type=parse_interval,
+        default=DEFAULT_INTERVAL,
+        metavar="DURATION",
+        help="check the clusters directory for changes this often and reload, as SIGHUP "
+        f"does (default {DEFAULT_INTERVAL:g}s; 0 = never)",
     )
     web_config_arg(serve)
     serve.set_defaults(func=cmd_serve)

@@ -6,7 +6,8 @@ settings changed get fresh credentials and an empty cache, and the rest keep the
 A problem with one cluster (its kubeconfig, its fleet.yaml entry, an entry without a
 kubeconfig) costs that cluster only and is logged once, when it appears. A reload that fails
 (a fleet.yaml that does not parse, a bad ``server:`` or ``defaults:``) keeps the running
-configuration.
+configuration. Reloads come from SIGHUP, ``POST /-/reload`` or ``watch``; each is counted by
+trigger and result in the exporter's own metrics.
 """
 
 from __future__ import annotations
@@ -79,6 +80,29 @@ class ReloadResult:
     unchanged: list[str]
     broken: dict[str, str]
 
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} "
+            f"changed, {len(self.unchanged)} unchanged, {len(self.broken)} broken"
+        )
+
+    def changes(self) -> str:
+        """What changed, with the names (a few of each); empty when nothing did."""
+        parts = []
+        for what, names in (
+            ("added", self.added),
+            ("removed", self.removed),
+            ("changed", self.changed),
+        ):
+            if names:
+                shown = ", ".join(sorted(names)[:NAMES_SHOWN])
+                more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+                parts.append(f"{what} {shown}{more}")
+        return "; ".join(parts)
+
+
+NAMES_SHOWN = 10  # cluster names in one log line about a reload
+
 
 def _fingerprint(cfg: ClusterConfig) -> str:
     """Changes when the kubeconfig (its bytes or its path) or the cluster's settings change."""
@@ -132,7 +156,7 @@ class Fleet:
 
     async def _initial_load(self, config: FleetConfig) -> None:
         async with self._reload_lock:
-            await self._apply(config)
+            await self._apply(config, None)
             self._reloaded()
         self.ready = True
 
@@ -147,23 +171,24 @@ class Fleet:
         if self.session is not None:
             await self.session.close()
 
-    async def reload(self) -> ReloadResult:
+    async def reload(self, trigger: str = "signal") -> ReloadResult:
         """Re-read the clusters directory and apply the changes; returns once the
-        changed clusters' credentials are loaded. A ConfigError keeps the running state."""
+        changed clusters' credentials are loaded. A ConfigError keeps the running state
+        (it is logged here, once). ``trigger`` (one of selfmetrics.RELOAD_TRIGGERS)
+        labels the metrics and the log line."""
         await self.wait_ready()
         async with self._reload_lock:
-            config = await self._read_config()
-            result = await self._apply(config)
+            try:
+                config = await asyncio.to_thread(load_fleet, self.directory)
+            except ConfigError as e:
+                self.metrics.reload_ok.set(0)
+                self.metrics.reloads.labels(trigger, "failure").inc()
+                log.error("reload (%s) failed, keeping the running configuration: %s", trigger, e)
+                raise
+            result = await self._apply(config, trigger)
             self._reloaded()
+            self.metrics.reloads.labels(trigger, "success").inc()
             return result
-
-    async def _read_config(self) -> FleetConfig:
-        try:
-            return await asyncio.to_thread(load_fleet, self.directory)
-        except ConfigError as e:
-            self.metrics.reload_ok.set(0)
-            log.error("cannot load %s, keeping the running configuration: %s", self.directory, e)
-            raise
 
     def _reloaded(self) -> None:
         self.metrics.reload_ok.set(1)
@@ -181,7 +206,7 @@ class Fleet:
                 if old.get(what) != why:
                     log.log(level, "%s: %s", what, why.message)
 
-    async def _apply(self, config: FleetConfig) -> ReloadResult:
+    async def _apply(self, config: FleetConfig, trigger: str | None) -> ReloadResult:
         old = self.clusters
         new: dict[str, ClusterRuntime] = {}
         added, changed, unchanged = [], [], []
@@ -218,16 +243,26 @@ class Fleet:
         await asyncio.gather(*(self._load_credentials(new[n]) for n in (*added, *changed)))
         broken = {n: rt.load_error for n, rt in new.items() if rt.load_error is not None}
         self.metrics.set_clusters({n: rt.credentials is not None for n, rt in new.items()}, removed)
-        self.metrics.set_config(Counter(why.reason for why in config.rejected.values()))
-        log.info(
-            "clusters loaded: %d configured (%d added, %d changed, %d removed), %d broken",
-            len(new),
-            len(added),
-            len(changed),
-            len(removed),
-            len(broken),
+        self.metrics.set_config(
+            Counter(why.reason for why in config.rejected.values()),
+            _config_hash(config, new),
         )
-        return ReloadResult(added, removed, changed, unchanged, broken)
+        result = ReloadResult(added, removed, changed, unchanged, broken)
+        if trigger is None:
+            log.info(
+                "clusters directory %s loaded: %d configured, %d broken, %d other problems",
+                config.directory,
+                len(new),
+                len(broken),
+                len(config.rejected),
+            )
+        elif changes := result.changes():
+            log.info(
+                "reload (%s): %s; %d clusters, %d broken", trigger, changes, len(new), len(broken)
+            )
+        else:
+            log.debug("reload (%s): no cluster changed", trigger)
+        return result
 
     async def _load_credentials(self, rt: ClusterRuntime) -> None:
         path = rt.config.kubeconfig
@@ -298,6 +333,18 @@ class Fleet:
         self._listed_bytes += call.bytes
         if cluster in self.clusters:
             self.metrics.upstream_requests.labels(cluster, call.resource, call.code).inc()
+
+
+def _config_hash(config: FleetConfig, clusters: dict[str, ClusterRuntime]) -> int:
+    """The configuration in force, as a number: the same on every replica that follows the
+    same directory, so a replica that stopped following stands out. 52 bits, exact as a
+    float sample value."""
+    h = hashlib.sha256(repr(config.server).encode())
+    for name in sorted(clusters):
+        h.update(f"{name}={clusters[name].fingerprint};".encode())
+    for what in sorted(config.rejected):
+        h.update(f"{what}!{config.rejected[what].reason};".encode())
+    return int.from_bytes(h.digest()[:8], "big") >> 12
 
 
 # Where the HTTP layer keeps the fleet; here, so app and pages both import it from below.

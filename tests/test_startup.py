@@ -202,6 +202,7 @@ def test_a_start_that_cannot_go_on_says_why_in_one_line(tmp_path, busy_port, cas
     ("flag", "value", "message"),
     [
         ("--listen", "nonsense", "invalid listen address 'nonsense'"),
+        ("--config.watch-interval", "soon", "invalid interval 'soon'"),
     ],
 )
 def test_a_bad_command_line_is_exit_code_2(flag, value, message):
