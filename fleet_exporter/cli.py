@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -17,14 +19,16 @@ from pathlib import Path
 from aiohttp import web
 
 from . import __version__
-from .config import ConfigError
+from .config import ConfigError, parse_duration
 from .redact import RedactingFilter
 from .terminal import add_subcommand as add_triage
+from .watch import DEFAULT_INTERVAL
 from .web.webconfig import WebConfig, WebConfigError
 
 log = logging.getLogger("fleet_exporter")
 
 DEFAULT_PORT = 9265
+BACKLOG = 128  # aiohttp's default
 SETTLE = web.AppKey("settle_heap", asyncio.Task)
 
 
@@ -73,7 +77,52 @@ def parse_listen(value: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
+class ListenError(Exception):
+    """The listen address cannot be used; the message is one line for people."""
+
+
+def bind(host: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to (every interface when
+    None), made as asyncio's ``create_server`` makes them, but before anything else
+    starts: a start that cannot listen loads no credentials and runs no exec plugin."""
+    where = f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ListenError(f"cannot listen on {where}: cannot resolve {host!r}: {reason}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in dict.fromkeys(infos):
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue  # an address family this host does not have
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRNOTAVAIL and family == socket.AF_INET6 and host is None:
+                    sockets.pop().close()  # IPv6 is off here; IPv4 still serves
+                    continue
+                raise ListenError(f"cannot listen on {where}: {e.strerror or e}") from None
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+        if not sockets:
+            raise ListenError(f"cannot listen on {where}: no usable address")
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def _serve(args: argparse.Namespace, directory: Path) -> int:
+    """Each way a start can fail ends in one line, ``cannot start: ...``, and exit code 2;
+    nothing before it claims the server runs."""
     from .fleet import FLEET, Fleet
     from .knobs import settle_heap
     from .web.app import create_app
@@ -85,19 +134,29 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
         except WebConfigError as e:
             log.error("cannot start: %s", e)
             return 2
+    host, port = args.listen
+    try:
+        sockets = bind(host, port)
+    except ListenError as e:
+        log.error("cannot start: %s", e)
+        return 2
     fleet = Fleet(directory)
-    app = create_app(fleet, enable_lifecycle=args.web_enable_lifecycle)
+    app = create_app(
+        fleet, watch_interval=args.watch_interval, enable_lifecycle=args.web_enable_lifecycle
+    )
     if web_config is not None:
         # Outermost: TLS peer checks, rate limit and basic auth come before any handler.
         app.middlewares.insert(0, web_config.middleware)
 
     async def on_startup(app: web.Application) -> None:
+        # Runs after the fleet read its directory (create_app's cleanup context comes
+        # first), on sockets already bound: from here on the server runs.
         loop = asyncio.get_running_loop()
 
         async def reload() -> None:
             # A failure is logged by the fleet, and the running configuration stays.
             with contextlib.suppress(ConfigError):
-                await app[FLEET].reload()
+                await app[FLEET].reload("signal")
 
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
 
@@ -106,15 +165,20 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
             settle_heap()  # the startup heap leaves the collector's sight (bench/README.md)
 
         app[SETTLE] = asyncio.create_task(settle())  # held: a task nobody holds may vanish
+        watching = f"every {args.watch_interval:g}s" if args.watch_interval else "off"
+        log.info(
+            "fleet-exporter %s listening on %s (clusters in %s, watch %s)",
+            __version__,
+            ", ".join(_address(s) for s in sockets),
+            directory,
+            watching,
+        )
 
     app.on_startup.append(on_startup)
-    host, port = args.listen
-    log.info("fleet-exporter %s serving %s on %s:%d", __version__, directory, host or "*", port)
     try:
         web.run_app(
             app,
-            host=host,
-            port=port,
+            sock=sockets,
             shutdown_timeout=args.shutdown_timeout,
             ssl_context=web_config.ssl_context if web_config else None,
             print=None,
@@ -123,7 +187,31 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
     except ConfigError as e:
         log.error("cannot start: %s", e)
         return 2
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def parse_interval(value: str) -> float:
+    """``--config.watch-interval``: seconds or a duration (``10s``, ``1m``); 0 = off."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parse_duration(value, "--config.watch-interval")
+        except ConfigError:
+            seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"invalid interval {value!r}: use e.g. 10s or 1m, or 0 to turn the watch off"
+        )
+    return seconds
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -134,7 +222,8 @@ async def _one_shot(directory: Path, only: set[str] | None, wait: float):
     """Load the fleet (or part of it) and probe each cluster once, concurrently."""
     from .fleet import Fleet
 
-    fleet = Fleet(directory, only=only)
+    # The commands print each cluster's outcome, so the fleet does not log it as well.
+    fleet = Fleet(directory, only=only, report=False)
     await fleet.start()
     try:
         await fleet.wait_ready()
@@ -210,9 +299,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             line = f"FAIL  {name:<{width}}  {reason}"
         print(line)
     rejected = fleet.config.rejected if fleet.config else {}
-    for filename, reason in rejected.items():
+    for what, why in rejected.items():
         failed += 1
-        print(f"FAIL  {filename:<{width}}  {reason}")
+        print(f"FAIL  {what:<{width}}  {why.message}")
+    for what, why in (fleet.config.ignored if fleet.config else {}).items():
+        print(f"skip  {what:<{width}}  {why.message}")
     print(f"{len(results) - failed + len(rejected)}/{len(results) + len(rejected)} clusters ok")
     return 1 if failed else 0
 
@@ -264,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="how long in-flight requests may finish after SIGTERM",
+    )
+    serve.add_argument(
+        "--config.watch-interval",
+        dest="watch_interval",
+        type=parse_interval,
+        default=DEFAULT_INTERVAL,
+        metavar="DURATION",
+        help="check the clusters directory for changes this often and reload, as SIGHUP "
+        f"does (default {DEFAULT_INTERVAL:g}s; 0 = never)",
     )
     web_config_arg(serve)
     serve.add_argument(

@@ -1,9 +1,37 @@
-"""The clusters directory: which clusters exist and how each is probed.
+"""The clusters directory: which files are clusters, and how each is probed.
 
-Every ``*.yaml``, ``*.yml`` or ``*.kubeconfig`` file in the directory is one cluster,
-named after the file. An optional ``fleet.yaml`` beside them holds settings. Parsing is
-strict, like blackbox_exporter's: an unknown key is an error that names the key, because a
-typo that silently falls back to a default is worse than a refusal to start.
+Which files are clusters. A regular file (or a symlink to one, as in a Kubernetes Secret or
+ConfigMap volume) named ``NAME.yaml``, ``NAME.yml`` or ``NAME.kubeconfig`` is the cluster
+NAME, unless:
+
+- it is ``fleet.yaml``: the settings, read as described below;
+- its name starts with a dot: hidden files, editors' swap files, and the ``..data`` and
+  ``..<timestamp>`` entries kubelet keeps in a mounted volume;
+- NAME is ``fleet`` or starts with ``fleet.`` (``fleet.yml``, ``fleet.example.yaml``,
+  ``fleet.old.yaml``): reserved for settings files, of which only ``fleet.yaml`` is read;
+- NAME is ``example`` or ``sample``, or ends in ``.example`` or ``.sample``;
+- NAME is not a valid cluster name, or another file already defines it (``a.yaml`` and
+  ``a.yml``): the file is *rejected*, a problem to fix.
+
+Any other name (``a.yaml.bak``, ``a.yaml~``, ``a.yaml.orig``, ``a.yaml.disabled``) is not a
+cluster either. Files that are not clusters but whose name mentions ``.yaml``, ``.yml`` or
+``.kubeconfig`` are *ignored* and listed with the reason, so a person who expected a cluster
+learns why there is none; the rest (``README.md``, directories) pass in silence.
+
+fleet.yaml is parsed strictly, like blackbox_exporter's configuration: an unknown key is an
+error that names the key, because a typo that silently falls back to a default is worse than
+an error. What an error costs depends on what it concerns:
+
+- the file itself (not YAML, not a mapping, an unknown top-level key), ``server:``,
+  ``defaults:`` or a ``clusters:`` that is not a mapping: a ConfigError. At start nothing
+  can be served, so ``serve`` refuses to start; at reload the running configuration stays.
+- one cluster's entry (an unknown or invalid setting, a bad label): that cluster only. It is
+  still configured (listed in ``/targets``) but broken, with the key named in
+  ``ClusterConfig.error``: its probes answer ``probe_success 0``, as for a broken
+  kubeconfig. It does not run with defaults instead, for the reason above: probing with
+  settings nobody chose would hide the mistake.
+- an entry without a kubeconfig file (the file was removed first, the entry stays): a
+  problem listed in ``FleetConfig.rejected``; the other clusters are served.
 
 This module only reads names and settings; it never opens the kubeconfigs themselves
 (that is ``credentials``), so one broken kubeconfig cannot stop the fleet from loading.
@@ -89,6 +117,24 @@ class ClusterConfig:
     kubeconfig: Path
     settings: Settings
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Set when the cluster's fleet.yaml entry is bad (names the key): the cluster is
+    # configured but broken, and its kubeconfig is not loaded.
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NotServed:
+    """A file, or a fleet.yaml entry, that is not a served cluster, and why."""
+
+    reason: str  # a fixed word (REJECTED or IGNORED), for metrics and scripts
+    message: str  # the whole explanation, for people
+
+
+# Problems to fix: each is logged as an error, counted in fleet_exporter_config_problems and
+# fails `fleet-exporter check`.
+REJECTED = ("invalid_name", "duplicate_name", "no_kubeconfig")
+# Deliberately not read (see the module docstring); listed so nobody wonders.
+IGNORED = ("hidden", "backup", "reserved", "not_a_file", "suffix")
 
 
 @dataclass(frozen=True)
@@ -97,8 +143,12 @@ class FleetConfig:
     server: ServerSettings
     defaults: Settings
     clusters: Mapping[str, ClusterConfig]
-    # Files that look like kubeconfigs but cannot be clusters (bad name, duplicate name).
-    rejected: Mapping[str, str] = field(default_factory=dict)
+    # Files that look like kubeconfigs but cannot be clusters (bad name, duplicate name),
+    # and fleet.yaml entries without a kubeconfig, by file name or ``fleet.yaml:
+    # clusters.NAME``.
+    rejected: Mapping[str, NotServed] = field(default_factory=dict)
+    # Files named like kubeconfigs or settings that are not read (backups, examples, ...).
+    ignored: Mapping[str, NotServed] = field(default_factory=dict)
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -151,24 +201,29 @@ def _settings(cls: type, base: Any, raw: Any, where: str) -> Any:
     return dataclasses.replace(base, **changes)
 
 
-def _labels(raw: Any, where: str) -> dict[str, str]:
+def _labels(raw: Any, where: str) -> tuple[dict[str, str], str | None]:
+    """The valid labels, and the first problem (None when there is none). A bad label does
+    not drop the good ones, so the cluster keeps its target labels while it is broken."""
     if raw is None:
-        return {}
+        return {}, None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of label names to values")
-    labels = {}
+        return {}, f"{where}: expected a mapping of label names to values"
+    labels, error = {}, None
     for key, value in raw.items():
         if not isinstance(key, str) or not LABEL_NAME.fullmatch(key) or key.startswith("__"):
-            raise ConfigError(f"{where}.{key}: not a valid Prometheus label name")
-        if key in RESERVED_LABELS:
-            raise ConfigError(
+            problem = f"{where}.{key}: not a valid Prometheus label name"
+        elif key in RESERVED_LABELS:
+            problem = (
                 f"{where}.{key}: reserved (the exporter sets 'cluster'; Prometheus sets "
                 "'instance' and 'job')"
             )
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{where}.{key}: label values must be strings")
-        labels[key] = str(value)
-    return labels
+        elif not isinstance(value, str | int | float) or isinstance(value, bool):
+            problem = f"{where}.{key}: label values must be strings"
+        else:
+            labels[key] = str(value)
+            continue
+        error = error or problem
+    return labels, error
 
 
 def _check_keys(raw: dict, allowed: set[str], where: str) -> None:
@@ -199,57 +254,126 @@ def load_settings_file(path: Path) -> dict:
     return raw
 
 
-def cluster_files(directory: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """Kubeconfig files by cluster name, and the rejected files with the reason."""
+_BACKUP_SUFFIXES = (
+    "~",
+    ".bak",
+    ".orig",
+    ".rej",
+    ".swp",
+    ".swo",
+    ".tmp",
+    ".old",
+    ".save",
+    ".dpkg-old",
+    ".dpkg-new",
+    ".dpkg-dist",
+    ".rpmnew",
+    ".rpmsave",
+)
+_EXAMPLES = ("example", "sample")
+
+
+def _not_a_cluster(filename: str) -> NotServed | None:
+    """Why a file with this name is not a cluster, whatever it holds (None: it may be one)."""
+    if filename.startswith("."):
+        return NotServed("hidden", "hidden file (the name starts with '.'); not read")
+    if filename.endswith(_BACKUP_SUFFIXES):
+        return NotServed("backup", "a backup or editor file; not read")
+    stem, dot, suffix = filename.rpartition(".")
+    if not dot or f".{suffix}" not in KUBECONFIG_SUFFIXES:
+        return NotServed(
+            "suffix", "not a cluster: a cluster's file name ends in .yaml, .yml or .kubeconfig"
+        )
+    if stem == "fleet" or stem.startswith("fleet."):
+        return NotServed(
+            "reserved",
+            f"not read: settings are read from {SETTINGS_FILE} only, and the names fleet "
+            "and fleet.* are kept for settings files",
+        )
+    if stem in _EXAMPLES or stem.endswith(tuple(f".{e}" for e in _EXAMPLES)):
+        return NotServed("reserved", "an example; not read")
+    return None
+
+
+def _looks_like_config(filename: str) -> bool:
+    return any(s in filename for s in KUBECONFIG_SUFFIXES)
+
+
+def cluster_files(
+    directory: Path,
+) -> tuple[dict[str, Path], dict[str, NotServed], dict[str, NotServed]]:
+    """Kubeconfig files by cluster name; rejected files (problems) and ignored files
+    (not read on purpose), each with the reason. See the module docstring."""
     found: dict[str, Path] = {}
-    rejected: dict[str, str] = {}
+    rejected: dict[str, NotServed] = {}
+    ignored: dict[str, NotServed] = {}
     for path in sorted(directory.iterdir()):
-        if path.name == SETTINGS_FILE or path.name.startswith("."):
+        filename = path.name
+        if filename == SETTINGS_FILE or not _looks_like_config(filename):
             continue
-        if path.suffix not in KUBECONFIG_SUFFIXES or not path.is_file():
+        why = _not_a_cluster(filename)
+        if why is None and not path.is_file():  # follows symlinks, as kubelet's are
+            why = NotServed("not_a_file", "not a regular file (a directory or a broken symlink)")
+        if why is not None:
+            ignored[filename] = why
             continue
-        name = path.name[: -len(path.suffix)]
+        name = filename.rpartition(".")[0]
         if not CLUSTER_NAME.fullmatch(name):
-            rejected[path.name] = (
+            rejected[filename] = NotServed(
+                "invalid_name",
                 "not a valid cluster name: use letters, digits, '.', '_' and '-', "
-                "starting and ending with a letter or digit, at most 128 characters"
+                "starting and ending with a letter or digit, at most 128 characters",
             )
         elif name in found:
-            rejected[path.name] = f"cluster {name!r} is already defined by {found[name].name}"
+            rejected[filename] = NotServed(
+                "duplicate_name", f"cluster {name!r} is already defined by {found[name].name}"
+            )
         else:
             found[name] = path
-    return found, rejected
+    return found, rejected, ignored
 
 
 def load_fleet(directory: Path) -> FleetConfig:
-    """Read the clusters directory. Raises ConfigError for a bad directory or fleet.yaml."""
+    """Read the clusters directory. Raises ConfigError only for what concerns the whole
+    fleet: a missing directory, or a fleet.yaml that does not parse, a bad ``server:``
+    or ``defaults:``. A problem with one cluster costs that cluster (module docstring)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"{directory}: clusters directory does not exist")
-    settings_path = directory / SETTINGS_FILE
-    raw = load_settings_file(settings_path)
+    raw = load_settings_file(directory / SETTINGS_FILE)
     where = SETTINGS_FILE
     _check_keys(raw, {"server", "defaults", "clusters"}, f"{where}: ")
     server = _settings(ServerSettings, ServerSettings(), raw.get("server"), f"{where}: server")
     defaults = _settings(Settings, Settings(), raw.get("defaults"), f"{where}: defaults")
-
-    files, rejected = cluster_files(directory)
-    overrides = raw.get("clusters") or {}
-    if not isinstance(overrides, dict):
+    entries = raw.get("clusters") or {}
+    if not isinstance(entries, dict):
         raise ConfigError(f"{where}: clusters: expected a mapping of cluster names")
-    for name in overrides:
-        if name not in files:
-            raise ConfigError(
-                f"{where}: clusters.{name}: no kubeconfig file for this cluster in {directory}"
-            )
 
-    clusters = {}
-    for name, path in files.items():
-        o = overrides.get(name) or {}
-        if not isinstance(o, dict):
-            raise ConfigError(f"{where}: clusters.{name}: expected a mapping")
-        own = {k: v for k, v in o.items() if k != "labels"}
-        settings = _settings(Settings, defaults, own, f"{where}: clusters.{name}")
-        labels = _labels(o.get("labels"), f"{where}: clusters.{name}.labels")
-        clusters[name] = ClusterConfig(name, path, settings, labels)
-    return FleetConfig(directory, server, defaults, clusters, rejected)
+    files, rejected, ignored = cluster_files(directory)
+    for name in entries:
+        if name not in files:
+            rejected[f"{where}: clusters.{name}"] = NotServed(
+                "no_kubeconfig",
+                f"no kubeconfig file for this cluster in {directory} (add {name}.yaml, "
+                "or remove the entry)",
+            )
+    clusters = {
+        name: _cluster(name, path, entries.get(name), defaults) for name, path in files.items()
+    }
+    return FleetConfig(directory, server, defaults, clusters, rejected, ignored)
+
+
+def _cluster(name: str, path: Path, entry: Any, defaults: Settings) -> ClusterConfig:
+    """One cluster with its fleet.yaml entry applied; a bad entry makes it broken."""
+    where = f"{SETTINGS_FILE}: clusters.{name}"
+    if entry is None:
+        return ClusterConfig(name, path, defaults)
+    if not isinstance(entry, dict):
+        return ClusterConfig(name, path, defaults, error=f"{where}: expected a mapping")
+    labels, error = _labels(entry.get("labels"), f"{where}.labels")
+    own = {k: v for k, v in entry.items() if k != "labels"}
+    try:
+        settings = _settings(Settings, defaults, own, where)
+    except ConfigError as e:
+        settings, error = defaults, str(e)
+    return ClusterConfig(name, path, settings, labels, error)

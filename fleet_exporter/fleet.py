@@ -3,7 +3,11 @@
 Loading and reloading live here. A reload re-reads the clusters directory and changes only
 what changed: new clusters are loaded, removed ones forgotten, clusters whose kubeconfig or
 settings changed get fresh credentials and an empty cache, and the rest keep their cache.
-A reload that fails (bad fleet.yaml) keeps the running configuration.
+A problem with one cluster (its kubeconfig, its fleet.yaml entry, an entry without a
+kubeconfig) costs that cluster only and is logged once, when it appears. A reload that fails
+(a fleet.yaml that does not parse, a bad ``server:`` or ``defaults:``) keeps the running
+configuration. Reloads come from SIGHUP, ``POST /-/reload`` or ``watch``; each is counted by
+trigger and result in the exporter's own metrics.
 """
 
 from __future__ import annotations
@@ -76,10 +80,35 @@ class ReloadResult:
     unchanged: list[str]
     broken: dict[str, str]
 
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} "
+            f"changed, {len(self.unchanged)} unchanged, {len(self.broken)} broken"
+        )
+
+    def changes(self) -> str:
+        """What changed, with the names (a few of each); empty when nothing did."""
+        parts = []
+        for what, names in (
+            ("added", self.added),
+            ("removed", self.removed),
+            ("changed", self.changed),
+        ):
+            if names:
+                shown = ", ".join(sorted(names)[:NAMES_SHOWN])
+                more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+                parts.append(f"{what} {shown}{more}")
+        return "; ".join(parts)
+
+
+NAMES_SHOWN = 10  # cluster names in one log line about a reload
+
 
 def _fingerprint(cfg: ClusterConfig) -> str:
-    """Changes when the kubeconfig's bytes or the cluster's settings change."""
-    h = hashlib.sha256(repr((cfg.settings, sorted(cfg.labels.items()))).encode())
+    """Changes when the kubeconfig (its bytes or its path) or the cluster's settings change."""
+    h = hashlib.sha256(
+        repr((cfg.settings, sorted(cfg.labels.items()), cfg.error, str(cfg.kubeconfig))).encode()
+    )
     try:
         h.update(cfg.kubeconfig.read_bytes())
     except OSError as e:
@@ -89,12 +118,19 @@ def _fingerprint(cfg: ClusterConfig) -> str:
 
 class Fleet:
     def __init__(
-        self, directory: Path, metrics: SelfMetrics | None = None, only: set[str] | None = None
+        self,
+        directory: Path,
+        metrics: SelfMetrics | None = None,
+        only: set[str] | None = None,
+        report: bool = True,
     ):
         """``only`` limits the fleet to some clusters (``fleet-exporter probe`` loads just
-        the one it probes, so other clusters' exec plugins do not run)."""
+        the one it probes, so other clusters' exec plugins do not run). ``report=False``
+        leaves per-cluster problems out of the log, for commands that print each cluster's
+        outcome themselves (``check``, ``probe``), so nothing is said twice."""
         self.directory = Path(directory)
         self.only = only
+        self.report = report
         self.metrics = metrics or SelfMetrics()
         self.clusters: dict[str, ClusterRuntime] = {}
         self.config: FleetConfig | None = None
@@ -112,15 +148,15 @@ class Fleet:
         their credentials load in the background (``ready`` turns true when all are
         tried), so a slow exec plugin never keeps the server from listening. Raises
         ConfigError when the directory or fleet.yaml is unusable; a broken kubeconfig is
-        not such an error."""
-        self.session = new_session()
-        config = await self._read_config()
+        not such an error, nor is any other problem of one cluster."""
+        config = await asyncio.to_thread(load_fleet, self.directory)
+        self.session = new_session()  # only now: a failed start leaves nothing to close
         self.config = config  # the server settings apply from the start
         self._loading = asyncio.create_task(self._initial_load(config), name="initial-load")
 
     async def _initial_load(self, config: FleetConfig) -> None:
         async with self._reload_lock:
-            await self._apply(config)
+            await self._apply(config, None)
             self._reloaded()
         self.ready = True
 
@@ -135,29 +171,42 @@ class Fleet:
         if self.session is not None:
             await self.session.close()
 
-    async def reload(self) -> ReloadResult:
+    async def reload(self, trigger: str = "signal") -> ReloadResult:
         """Re-read the clusters directory and apply the changes; returns once the
-        changed clusters' credentials are loaded. A ConfigError keeps the running state."""
+        changed clusters' credentials are loaded. A ConfigError keeps the running state
+        (it is logged here, once). ``trigger`` (one of selfmetrics.RELOAD_TRIGGERS)
+        labels the metrics and the log line."""
         await self.wait_ready()
         async with self._reload_lock:
-            config = await self._read_config()
-            result = await self._apply(config)
+            try:
+                config = await asyncio.to_thread(load_fleet, self.directory)
+            except ConfigError as e:
+                self.metrics.reload_ok.set(0)
+                self.metrics.reloads.labels(trigger, "failure").inc()
+                log.error("reload (%s) failed, keeping the running configuration: %s", trigger, e)
+                raise
+            result = await self._apply(config, trigger)
             self._reloaded()
+            self.metrics.reloads.labels(trigger, "success").inc()
             return result
-
-    async def _read_config(self) -> FleetConfig:
-        try:
-            return await asyncio.to_thread(load_fleet, self.directory)
-        except ConfigError as e:
-            self.metrics.reload_ok.set(0)
-            log.error("cannot load %s, keeping the running configuration: %s", self.directory, e)
-            raise
 
     def _reloaded(self) -> None:
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
 
-    async def _apply(self, config: FleetConfig) -> ReloadResult:
+    def _report_entries(self, config: FleetConfig) -> None:
+        """Log each rejected and ignored entry once: when it first appears (or its reason
+        changes), not at every reload."""
+        before = self.config if self.config is not config else None
+        for entries, old, level in (
+            (config.rejected, before.rejected if before else {}, logging.ERROR),
+            (config.ignored, before.ignored if before else {}, logging.INFO),
+        ):
+            for what, why in entries.items():
+                if old.get(what) != why:
+                    log.log(level, "%s: %s", what, why.message)
+
+    async def _apply(self, config: FleetConfig, trigger: str | None) -> ReloadResult:
         old = self.clusters
         new: dict[str, ClusterRuntime] = {}
         added, changed, unchanged = [], [], []
@@ -183,8 +232,8 @@ class Fleet:
         removed = [name for name in old if name not in new]
         for name in removed:
             self.cache.forget(name)
-        for filename, reason in config.rejected.items():
-            log.error("ignoring %s in %s: %s", filename, config.directory, reason)
+        if self.report:
+            self._report_entries(config)
         limit = config.server.max_concurrent_refreshes
         if self._refresh_slots is None or self._refresh_slots.size != limit:
             self._refresh_slots = Slots(limit)
@@ -194,18 +243,35 @@ class Fleet:
         await asyncio.gather(*(self._load_credentials(new[n]) for n in (*added, *changed)))
         broken = {n: rt.load_error for n, rt in new.items() if rt.load_error is not None}
         self.metrics.set_clusters({n: rt.credentials is not None for n, rt in new.items()}, removed)
-        log.info(
-            "clusters loaded: %d configured (%d added, %d changed, %d removed), %d broken",
-            len(new),
-            len(added),
-            len(changed),
-            len(removed),
-            len(broken),
+        self.metrics.set_config(
+            Counter(why.reason for why in config.rejected.values()),
+            _config_hash(config, new),
         )
-        return ReloadResult(added, removed, changed, unchanged, broken)
+        result = ReloadResult(added, removed, changed, unchanged, broken)
+        if trigger is None:
+            log.info(
+                "clusters directory %s loaded: %d configured, %d broken, %d other problems",
+                config.directory,
+                len(new),
+                len(broken),
+                len(config.rejected),
+            )
+        elif changes := result.changes():
+            log.info(
+                "reload (%s): %s; %d clusters, %d broken", trigger, changes, len(new), len(broken)
+            )
+        else:
+            log.debug("reload (%s): no cluster changed", trigger)
+        return result
 
     async def _load_credentials(self, rt: ClusterRuntime) -> None:
         path = rt.config.kubeconfig
+        if rt.config.error is not None:  # its fleet.yaml entry is bad: broken, not loaded
+            rt.load_error = rt.config.error
+            if self.report:
+                log.error("cluster %s: %s", rt.name, rt.load_error)
+            rt.loaded.set()
+            return
         warning = await asyncio.to_thread(check_permissions, path)
         if warning:
             log.warning("cluster %s: %s", rt.name, warning)
@@ -214,8 +280,11 @@ class Fleet:
                 path, exec_timeout=rt.config.settings.exec_timeout
             )
         except CredentialsError as e:
-            rt.load_error = f"kubeconfig {path.name}: {e}"
-            log.error("cluster %s: %s", rt.name, rt.load_error)
+            # The error names the file already ("kubeconfig PATH: ...").
+            text = str(e)
+            rt.load_error = text if text.startswith("kubeconfig ") else f"kubeconfig {path}: {text}"
+            if self.report:
+                log.error("cluster %s: %s", rt.name, rt.load_error)
         finally:
             rt.loaded.set()
 
@@ -255,7 +324,8 @@ class Fleet:
             if result.ok:
                 self.metrics.last_refresh_success.labels(rt.name).set(result.finished_at)
                 rt.last_refresh_seconds = result.duration
-        if result.error:
+        if result.error and rt.load_error is None and self.report:
+            # A broken cluster's reason was logged when it was loaded, not at every probe.
             log.warning("cluster %s: %s", rt.name, result.error)
         return result
 
@@ -263,6 +333,18 @@ class Fleet:
         self._listed_bytes += call.bytes
         if cluster in self.clusters:
             self.metrics.upstream_requests.labels(cluster, call.resource, call.code).inc()
+
+
+def _config_hash(config: FleetConfig, clusters: dict[str, ClusterRuntime]) -> int:
+    """The configuration in force, as a number: the same on every replica that follows the
+    same directory, so a replica that stopped following stands out. 52 bits, exact as a
+    float sample value."""
+    h = hashlib.sha256(repr(config.server).encode())
+    for name in sorted(clusters):
+        h.update(f"{name}={clusters[name].fingerprint};".encode())
+    for what in sorted(config.rejected):
+        h.update(f"{what}!{config.rejected[what].reason};".encode())
+    return int.from_bytes(h.digest()[:8], "big") >> 12
 
 
 # Where the HTTP layer keeps the fleet; here, so app and pages both import it from below.

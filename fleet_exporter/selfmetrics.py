@@ -24,7 +24,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from . import __version__
+from .config import REJECTED
 
+# What asks for a reload of the clusters directory: SIGHUP, POST /-/reload, the watch.
+RELOAD_TRIGGERS = ("signal", "http", "watch")
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -62,7 +65,8 @@ class SelfMetrics:
         )
         self.cluster_config_ok = Gauge(
             "fleet_exporter_cluster_config_ok",
-            "1 when the cluster's kubeconfig loaded, 0 when it is broken.",
+            "1 when the cluster's kubeconfig loaded, 0 when it is broken (its kubeconfig or "
+            "its fleet.yaml entry).",
             ["cluster"],
             registry=r,
         )
@@ -126,6 +130,40 @@ class SelfMetrics:
             "Time of the last successful reload of the clusters directory.",
             registry=r,
         )
+        self.reloads = Counter(
+            "fleet_exporter_config_reloads",
+            "Reloads of the clusters directory, by what asked for it (signal, http, watch) "
+            "and result.",
+            ["trigger", "result"],
+            registry=r,
+        )
+        for trigger in RELOAD_TRIGGERS:
+            for result in ("success", "failure"):
+                self.reloads.labels(trigger, result)
+        self.config_problems = Gauge(
+            "fleet_exporter_config_problems",
+            "Files and fleet.yaml entries in the clusters directory that cannot be served, "
+            "by reason (the log and `fleet-exporter check` name each).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REJECTED:
+            self.config_problems.labels(reason)
+        self.config_hash = Gauge(
+            "fleet_exporter_config_hash",
+            "Hash of the configuration in force; replicas that follow the same directory agree.",
+            registry=r,
+        )
+        self.watch_interval = Gauge(
+            "fleet_exporter_config_watch_interval_seconds",
+            "How often the clusters directory is checked for changes (0: never).",
+            registry=r,
+        )
+        self.watch_time = Gauge(
+            "fleet_exporter_config_last_check_timestamp_seconds",
+            "Time the clusters directory was last checked for changes.",
+            registry=r,
+        )
 
     _PER_CLUSTER = (
         "cluster_configured",
@@ -156,6 +194,11 @@ class SelfMetrics:
                 self.cache_requests.labels(name, result)
         self.clusters.labels("configured").set(len(ok))
         self.clusters.labels("broken").set(sum(1 for good in ok.values() if not good))
+
+    def set_config(self, problems: dict[str, int], config_hash: int) -> None:
+        for reason in REJECTED:
+            self.config_problems.labels(reason).set(problems.get(reason, 0))
+        self.config_hash.set(config_hash)
 
     def _remove_upstream(self, cluster: str) -> None:
         # prometheus_client has no "remove by partial labels"; walk the known children.

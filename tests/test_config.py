@@ -1,10 +1,13 @@
-"""The clusters directory and fleet.yaml: strict parsing that names the bad key."""
+"""The clusters directory and fleet.yaml: strict parsing that names the bad key, and a
+bad key that costs only what it concerns."""
 
 from pathlib import Path
 
 import pytest
 
-from fleet_exporter.config import ConfigError, Settings, load_fleet, parse_duration
+from fleet_exporter.config import ConfigError, NotServed, Settings, load_fleet, parse_duration
+
+from .kubelet import kubelet_volume
 
 KUBECONFIG = "apiVersion: v1\nkind: Config\n"
 
@@ -23,6 +26,54 @@ def test_every_kubeconfig_file_is_a_cluster(tmp_path):
     assert sorted(fleet.clusters) == ["a", "b", "c"]
     assert fleet.clusters["a"].settings == Settings()
     assert fleet.clusters["b"].kubeconfig == tmp_path / "b.yml"
+    assert fleet.rejected == {}
+    assert list(fleet.ignored) == [".hidden.yaml"]  # notes.txt is not named like a config
+
+
+@pytest.mark.parametrize(
+    ("filename", "reason"),
+    [
+        ("fleet.yml", "reserved"),
+        ("fleet.example.yaml", "reserved"),
+        ("fleet.old.yml", "reserved"),
+        ("fleet.kubeconfig", "reserved"),
+        ("example.yaml", "reserved"),
+        ("prod.sample.yaml", "reserved"),
+        ("x.yaml.bak", "backup"),
+        ("y.yaml~", "backup"),
+        ("z.yaml.orig", "backup"),
+        ("w.yml.swp", "backup"),
+        ("v.kubeconfig.dpkg-old", "backup"),
+        (".hidden.yaml", "hidden"),
+        (".x.yaml.swp", "hidden"),
+        ("u.yaml.disabled", "suffix"),
+        ("t.yaml.txt", "suffix"),
+    ],
+)
+def test_files_that_are_never_clusters(tmp_path, filename, reason):
+    d = make_dir(tmp_path, None, "good.yaml", filename)
+    fleet = load_fleet(d)
+    assert list(fleet.clusters) == ["good"]
+    assert fleet.ignored[filename].reason == reason
+    assert fleet.rejected == {}
+
+
+def test_names_that_only_look_reserved_are_clusters(tmp_path):
+    d = make_dir(tmp_path, None, "fleetwood.yaml", "prod.example.com.yaml", "my-fleet.yml")
+    assert sorted(load_fleet(d).clusters) == ["fleetwood", "my-fleet", "prod.example.com"]
+
+
+def test_a_kubernetes_volume_layout(tmp_path):
+    d = tmp_path / "clusters"
+    kubelet_volume(
+        d,
+        "..2026_12_02_10_00_00.123",
+        {"a.yaml": KUBECONFIG, "b.yaml": KUBECONFIG, "fleet.yaml": "defaults: {cache_ttl: 5s}"},
+    )
+    fleet = load_fleet(d)
+    assert sorted(fleet.clusters) == ["a", "b"]
+    assert fleet.defaults.cache_ttl == 5
+    assert (fleet.rejected, fleet.ignored) == ({}, {})  # ..data and ..<timestamp> pass in silence
 
 
 def test_defaults_and_overrides_and_labels(tmp_path):
@@ -63,27 +114,63 @@ clusters:
         ("defaults: {cache_tll: 5}", "fleet.yaml: defaults.cache_tll: unknown key"),
         ("defualts: {}", "fleet.yaml: defualts: unknown key"),
         ("server: {max_probes: 3}", "fleet.yaml: server.max_probes: unknown key"),
-        ("clusters: {a: {timout: 3}}", "fleet.yaml: clusters.a.timout: unknown key"),
-        ("clusters: {zz: {}}", "clusters.zz: no kubeconfig file for this cluster"),
         ("defaults: {cache_ttl: soon}", "defaults.cache_ttl: invalid duration 'soon'"),
         ("defaults: {cache_ttl: -1}", "defaults.cache_ttl: must not be negative"),
         ("defaults: {concurrency: 0}", "defaults.concurrency: expected a positive whole number"),
         ("defaults: {concurrency: true}", "expected a positive whole number"),
         ("defaults: {namespace: ''}", "defaults.namespace: expected a non-empty string"),
         ("defaults: [1, 2]", "fleet.yaml: defaults: expected a mapping"),
-        ("clusters: {a: {labels: {cluster: x}}}", "clusters.a.labels.cluster: reserved"),
-        ("clusters: {a: {labels: {__x: y}}}", "not a valid Prometheus label name"),
-        ("clusters: {a: {labels: {'bad-name': y}}}", "not a valid Prometheus label name"),
-        ("clusters: {a: {labels: {env: [1]}}}", "label values must be strings"),
+        ("clusters: [a, b]", "fleet.yaml: clusters: expected a mapping of cluster names"),
         ("- a\n- b\n", "expected a mapping at the top level"),
         ("defaults: {cache_ttl: [", "not valid YAML (line"),
     ],
 )
 def test_bad_fleet_yaml_names_the_problem(tmp_path, fleet_yaml, message):
+    """What concerns the whole fleet (the file, server:, defaults:) is a ConfigError."""
     d = make_dir(tmp_path, fleet_yaml, "a.yaml")
     with pytest.raises(ConfigError) as e:
         load_fleet(d)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("{timout: 3}", "fleet.yaml: clusters.a.timout: unknown key (known keys: cache_ttl,"),
+        ("{cache_ttl: soon}", "fleet.yaml: clusters.a.cache_ttl: invalid duration 'soon'"),
+        ("{concurrency: 0}", "fleet.yaml: clusters.a.concurrency: expected a positive whole"),
+        ("5", "fleet.yaml: clusters.a: expected a mapping"),
+        ("{labels: {cluster: x}}", "fleet.yaml: clusters.a.labels.cluster: reserved"),
+        ("{labels: {__x: y}}", "clusters.a.labels.__x: not a valid Prometheus label name"),
+        ("{labels: {'bad-name': y}}", "not a valid Prometheus label name"),
+        ("{labels: {env: [1]}}", "clusters.a.labels.env: label values must be strings"),
+        ("{labels: [x]}", "clusters.a.labels: expected a mapping of label names"),
+    ],
+)
+def test_a_bad_cluster_entry_breaks_that_cluster_only(tmp_path, entry, message):
+    """Strict per cluster too: the cluster is configured but broken, with the key named;
+    it does not run with defaults instead. The other clusters are not touched."""
+    d = make_dir(tmp_path, f"clusters: {{a: {entry}, b: {{cache_ttl: 1m}}}}", "a.yaml", "b.yaml")
+    fleet = load_fleet(d)
+    assert message in fleet.clusters["a"].error
+    assert fleet.clusters["b"].error is None
+    assert fleet.clusters["b"].settings.cache_ttl == 60
+
+
+def test_a_bad_label_keeps_the_good_ones(tmp_path):
+    d = make_dir(tmp_path, "clusters: {a: {labels: {env: prod, job: x}}}", "a.yaml")
+    a = load_fleet(d).clusters["a"]
+    assert "clusters.a.labels.job: reserved" in a.error
+    assert dict(a.labels) == {"env": "prod"}  # its target keeps its identity while broken
+
+
+def test_an_entry_without_a_kubeconfig_is_a_problem_not_an_error(tmp_path):
+    d = make_dir(tmp_path, "clusters: {zz: {cache_ttl: 1m}, a: {}}", "a.yaml")
+    fleet = load_fleet(d)
+    assert list(fleet.clusters) == ["a"]
+    problem = fleet.rejected["fleet.yaml: clusters.zz"]
+    assert problem.reason == "no_kubeconfig"
+    assert problem.message.startswith("no kubeconfig file for this cluster in ")
 
 
 @pytest.mark.parametrize(
@@ -104,14 +191,17 @@ def test_unsafe_cluster_names_are_rejected_but_do_not_stop_the_others(tmp_path, 
     (tmp_path / filename).write_text(KUBECONFIG)
     fleet = load_fleet(d)
     assert list(fleet.clusters) == ["good"]
-    assert "not a valid cluster name" in fleet.rejected[filename]
+    assert fleet.rejected[filename].reason == "invalid_name"
+    assert "not a valid cluster name" in fleet.rejected[filename].message
 
 
 def test_same_name_twice_is_rejected(tmp_path):
     d = make_dir(tmp_path, None, "a.yaml", "a.yml")
     fleet = load_fleet(d)
     assert list(fleet.clusters) == ["a"]
-    assert fleet.rejected == {"a.yml": "cluster 'a' is already defined by a.yaml"}
+    assert fleet.rejected == {
+        "a.yml": NotServed("duplicate_name", "cluster 'a' is already defined by a.yaml")
+    }
 
 
 def test_missing_directory(tmp_path):
@@ -145,7 +235,7 @@ def test_durations(value, seconds):
 
 
 def test_shipped_example_parses(tmp_path):
-    example = Path(__file__).resolve().parents[1] / "clusters" / "fleet.example.yaml"
+    example = Path(__file__).resolve().parents[1] / "docs" / "fleet.example.yaml"
     d = make_dir(tmp_path, example.read_text(), "eu-west-prod-01.yaml")
     fleet = load_fleet(d)
     assert fleet.clusters["eu-west-prod-01"].settings.cache_ttl == 55

@@ -14,6 +14,8 @@ scraper's browser reload the fleet's configuration.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 from urllib.parse import urlsplit
@@ -23,6 +25,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..config import ConfigError
 from ..fleet import FLEET, Fleet
+from ..watch import Watch
 from . import pages
 from .probe import PROBE_SLOTS, ProbeSlots, handle_probe
 
@@ -83,15 +86,10 @@ async def handle_reload(request: web.Request) -> web.Response:
             "or send SIGHUP",
         )
     try:
-        result = await request.app[FLEET].reload()
+        result = await request.app[FLEET].reload("http")
     except ConfigError as e:
         return _plain(500, f"failed to reload config: {e}")
-    return _plain(
-        200,
-        f"reloaded: {len(result.added)} added, {len(result.removed)} removed, "
-        f"{len(result.changed)} changed, {len(result.unchanged)} unchanged, "
-        f"{len(result.broken)} broken",
-    )
+    return _plain(200, f"reloaded: {result.summary()}")
 
 
 @web.middleware
@@ -145,9 +143,13 @@ async def bounded_body(request: web.Request, handler):
     return await handler(request)
 
 
-def create_app(fleet: Fleet, *, enable_lifecycle: bool = False) -> web.Application:
-    """Routes only. The fleet is started and closed with the app. ``enable_lifecycle``
-    lets ``POST /-/reload`` reload (else it is a 403 saying how to turn it on)."""
+def create_app(
+    fleet: Fleet, *, watch_interval: float = 0.0, enable_lifecycle: bool = False
+) -> web.Application:
+    """Routes only. The fleet is started and closed with the app; with ``watch_interval``
+    (seconds, 0 = off) its directory is checked for changes that often (``watch``).
+    ``enable_lifecycle`` lets ``POST /-/reload`` reload (else it is a 403 saying how to
+    turn it on)."""
     app = web.Application(
         middlewares=[security_headers, same_origin_only, bounded_body], client_max_size=MAX_BODY
     )
@@ -156,10 +158,21 @@ def create_app(fleet: Fleet, *, enable_lifecycle: bool = False) -> web.Applicati
     app[PROBE_SLOTS] = ProbeSlots(200)
 
     async def lifecycle(app: web.Application):
+        watch = None
+        if watch_interval > 0:
+            watch = Watch(
+                fleet.directory, watch_interval, lambda: fleet.reload("watch"), fleet.metrics
+            )
+            await watch.baseline()
         await fleet.start()
         assert fleet.config is not None
         app[PROBE_SLOTS].limit = fleet.config.server.max_concurrent_probes
+        watching = asyncio.create_task(watch.run(), name="watch") if watch else None
         yield
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         await fleet.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -30,7 +30,12 @@ or overdue backups, resources that did not list), ``unknown`` (not probed yet) o
 JSON (keys are stable; times are Unix seconds, durations seconds, absent values null):
 
 - ``GET /api/clusters``: ``{"generated_at", "clusters": [ROW...], "by_status": {status: n},
-  "by_health": {health: n}}`` with rows worst first. A ROW has ``name``, ``labels``,
+  "by_health": {health: n}, "problems": [ENTRY...], "ignored": [ENTRY...]}`` with rows
+  worst first. ``problems`` are what in the clusters directory cannot be served (a file with
+  an invalid or duplicate cluster name, a fleet.yaml entry without a kubeconfig), ``ignored``
+  the files named like kubeconfigs that are not read on purpose (backups, examples, hidden
+  files); an ENTRY is ``{"what", "reason", "message"}`` (``config.NotServed``). A ROW has
+  ``name``, ``labels``,
   ``status``, ``status_text``, ``health``, ``severity``, ``refreshing`` (a refresh is
   running now), ``data_time`` and ``data_age_seconds`` (of the data the counts come from),
   ``last_refresh`` (``{ok, started_at, finished_at, duration_seconds, error}`` of the
@@ -53,7 +58,7 @@ import string
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -62,7 +67,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..config import CLUSTER_NAME
+from ..config import CLUSTER_NAME, NotServed
 from ..fleet import FLEET, ClusterRuntime, Fleet
 from ..history import ProbeRecord
 from ..longhorn.health import summarize
@@ -275,12 +280,19 @@ def cluster_detail(fleet: Fleet, rt: ClusterRuntime, derived: _Derived) -> dict[
 def fleet_overview(fleet: Fleet, derived: _Derived) -> dict[str, Any]:
     rows = [cluster_row(fleet, rt, derived) for rt in list(fleet.clusters.values())]
     rows.sort(key=lambda r: (-r["severity"], r["name"]))
+    config = fleet.config
     return {
         "generated_at": time.time(),
         "clusters": rows,
         "by_status": dict(Counter(r["status"] for r in rows)),
         "by_health": dict(Counter(r["health"] for r in rows)),
+        "problems": _entries(config.rejected if config else {}),
+        "ignored": _entries(config.ignored if config else {}),
     }
+
+
+def _entries(entries: Mapping[str, NotServed]) -> list[dict[str, str]]:
+    return [{"what": w, "reason": n.reason, "message": n.message} for w, n in entries.items()]
 
 
 # --------------------------------------------------------------------------- HTML

@@ -235,6 +235,27 @@ def test_refreshes_in_place_and_shows_added_clusters(watched: Watched, live: Liv
     assert watched.errors == []
 
 
+def test_directory_problems_are_said_above_the_table(watched: Watched, live: Live):
+    """A file that cannot be a cluster is in no row, so the overview says it above the
+    table, as text (the name here is markup), and stops saying it once it is gone."""
+    page = watched.page
+    open_overview(page, live.url, "?refresh=1")
+    bad = live.clusters / "<img src=x onerror=alert(1)>.yaml"
+    bad.write_text("x")
+    try:
+        live.reload()
+        notice = page.locator("#problems .problem")
+        notice.wait_for(timeout=10_000)
+        text = notice.inner_text()
+        assert text.startswith("<img src=x onerror=alert(1)>.yaml: not a valid cluster name")
+        assert page.locator("#problems img").count() == 0
+    finally:
+        bad.unlink()
+        live.reload()
+    page.locator("#problems .problem").wait_for(state="detached", timeout=10_000)
+    assert watched.errors == []
+
+
 def test_unreachable_exporter_is_said_and_the_last_data_kept(watched: Watched, live: Live):
     page = watched.page
     open_overview(page, live.url, "?refresh=1")

@@ -225,6 +225,18 @@
     document.title = (crit || warn ? "(" + crit + "✖ " + warn + "⚠) " : "") + "Longhorn fleet";
   };
 
+  // Problems of the clusters directory that are not clusters (a fleet.yaml entry without a
+  // kubeconfig, a file with an invalid name): nobody sees them in the table, so say them here.
+  const renderProblems = (data) => {
+    const items = (data.problems || []).map((p) => {
+      const line = document.createElement("p");
+      line.className = "notice warn problem";
+      line.textContent = p.what + ": " + p.message + " (not served)";
+      return line;
+    });
+    $("problems").replaceChildren(...items);
+  };
+
   // -- fetching
   let timer = null;
   let failingSince = null;
@@ -240,6 +252,7 @@
       const data = await r.json();
       clusters = data.clusters;
       renderCounts(data);
+      renderProblems(data);
       render();
       failingSince = null;
       $("offline").hidden = true;
