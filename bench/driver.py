@@ -139,7 +139,7 @@ class _Driver:
         self.exporter: _Child | None = None
         self.scrapers: list[aiohttp.ClientSession] = []
         self.control: aiohttp.ClientSession | None = None
-        self.floor_session: aiohttp.ClientSession | None = None
+        self.floor_sessions: dict[str, aiohttp.ClientSession] = {}
         self.upstreams: dict[str, _Upstream] = {}
 
     async def __aenter__(self) -> _Driver:
@@ -163,11 +163,11 @@ class _Driver:
         self.exporter = await _Child.start("exporter", self.work, "--dir", str(self.dir))
         self.scrapers = [self._client() for _ in range(2)]
         self.control = self._client()
-        # The floor uses the exporter's own session settings (connector, keep-alive), and
+        # The floor uses the exporter's own session settings (a session per cluster), and
         # inflates with the exporter's gzip library (ISA-L), so the ratio compares the
         # work done, not two gzip implementations. (aiohttp's backend is process-wide;
         # the scrapers here do not inflate.)
-        self.floor_session = new_session()
+        self.floor_sessions = {name: new_session() for name in self.specs}
         aiohttp.set_zlib_backend(isal_zlib)
         await self._load_upstreams()
         await self._wait_ready()
@@ -184,7 +184,7 @@ class _Driver:
         raise BenchError("the exporter did not get ready within 60 s")
 
     async def __aexit__(self, *exc: object) -> None:
-        for s in [*self.scrapers, self.control, self.floor_session]:
+        for s in [*self.scrapers, self.control, *self.floor_sessions.values()]:
             if s is not None:
                 await s.close()
         for child in (self.exporter, self.sim):
@@ -261,10 +261,8 @@ class _Driver:
         from fleet_exporter.longhorn.wire import decode_page
 
         settings = Settings()
-        assert self.floor_session is not None
-        session = self.floor_session
-
         async def one_list(up: _Upstream, resource: str, limit: asyncio.Semaphore) -> None:
+            session = self.floor_sessions[up.name]  # one per cluster, as the exporter's
             token = ""
             async with limit:
                 while True:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import signal
@@ -20,7 +19,8 @@ from aiohttp import web
 
 from . import __version__
 from .config import ConfigError, parse_duration
-from .redact import RedactingFilter
+from .limits import raise_file_limit
+from .logs import setup_logging
 from .terminal import add_subcommand as add_triage
 from .watch import DEFAULT_INTERVAL
 from .web.webconfig import WebConfig, WebConfigError
@@ -30,42 +30,6 @@ log = logging.getLogger("fleet_exporter")
 DEFAULT_PORT = 9265
 BACKLOG = 128  # aiohttp's default
 SETTLE = web.AppKey("settle_heap", asyncio.Task)
-
-
-class LogfmtFormatter(logging.Formatter):
-    """``ts=... level=... logger=... msg="..."``: one line per record, greppable."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        msg = record.getMessage()
-        if record.exc_info:
-            msg += " " + self.formatException(record.exc_info).replace("\n", " | ")
-        return (
-            f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
-            f"logger={record.name} msg={json.dumps(msg, ensure_ascii=False)}"
-        )
-
-
-class JSONFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "ts": record.created,
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        return json.dumps(doc, ensure_ascii=False)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
-    # Every record passes the redactor: no token or key reaches the log, whoever logs it.
-    handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def parse_listen(value: str) -> tuple[str | None, int]:
@@ -140,6 +104,9 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
     except ListenError as e:
         log.error("cannot start: %s", e)
         return 2
+    files = raise_file_limit()  # a few connections per cluster: 1024 is not enough for 500
+    if files.raised_from is not None:
+        log.info("open files limit raised from %d to %d", files.raised_from, files.soft)
     fleet = Fleet(directory)
     app = create_app(
         fleet, watch_interval=args.watch_interval, enable_lifecycle=args.web_enable_lifecycle

@@ -92,9 +92,14 @@ class Settings:
     # Items per page (``limit``), the byte cap on one response, and the page count cap
     # that stops a server whose ``continue`` tokens never end.
     page_size: int = 500
-    max_page_bytes: int = 32 * 1024 * 1024
+    max_page_bytes: int = field(default=32 * 1024 * 1024, metadata={"size": True})
     max_pages: int = 1000
     namespace: str = "longhorn-system"
+    # A cluster whose refreshes keep failing waits before the next one: a cache TTL after
+    # the second failure in a row, doubling each time, at most this (and at least what a
+    # Retry-After header asks, up to this); its probes are answered at once meanwhile.
+    # 0 turns the back-off off.
+    max_backoff: float = 300.0
     # Exec credential plugins that do not answer within this are killed.
     exec_timeout: float = 10.0
 
@@ -103,8 +108,12 @@ class Settings:
 class ServerSettings:
     """Process-wide limits, set under ``server:`` in fleet.yaml."""
 
-    # Refreshes running at once across the fleet; bounds memory when many clusters are cold.
+    # No effect since 0.2 (kept so existing files load; a warning says so): a refresh that
+    # waits on the network holds nothing others need, and memory_budget bounds the bytes.
     max_concurrent_refreshes: int = 8
+    # Bytes of list bodies in flight across the fleet, raw and inflated (limits.py); 0 = a
+    # quarter of the container's memory limit, else 256 MiB. Sizes: 268435456, 256Mi, 1Gi.
+    memory_budget: int = field(default=0, metadata={"size": True, "zero": True})
     # Probes answered at once; past this a probe gets 503 instead of queueing forever.
     max_concurrent_probes: int = 200
     # Probe results kept per cluster for the triage page; failures are kept as long again.
@@ -169,14 +178,32 @@ def parse_duration(value: Any, where: str) -> float:
     return seconds
 
 
+_SIZE = re.compile(r"(\d+)\s*(Ki|Mi|Gi|Ti)?")
+_UNITS = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def parse_size(value: str, where: str) -> int:
+    """Bytes from ``268435456`` or a Kubernetes-style ``256Mi``."""
+    m = _SIZE.fullmatch(value.strip())
+    if m is None:
+        raise ConfigError(f"{where}: invalid size {value!r} (use e.g. 256Mi, 1Gi)")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
 def _coerce(where: str, f: dataclasses.Field, value: Any) -> Any:
     """Check one settings value against the field's declared type."""
     default = f.default
     if isinstance(default, float):  # every float setting is a duration
         return parse_duration(value, where)
     if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{where}: expected a positive whole number, got {value!r}")
+        if f.metadata.get("size") and isinstance(value, str):
+            value = parse_size(value, where)
+        least = 0 if f.metadata.get("zero") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            kind = "a positive whole number" if least else "a whole number (0: automatic)"
+            if f.metadata.get("size"):
+                kind += " of bytes, or a size such as 256Mi"
+            raise ConfigError(f"{where}: expected {kind}, got {value!r}")
         return value
     if isinstance(default, str):
         if not isinstance(value, str) or not value:

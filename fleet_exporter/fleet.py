@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -30,9 +32,9 @@ from .credentials import Credentials, CredentialsError, check_permissions, load_
 from .history import History
 from .knobs import TRIM_AFTER_BYTES, release_free_memory
 from .kube import Call, new_session
+from .limits import Descriptors, MemoryBudget, default_memory_budget
 from .longhorn.churn import SnapshotChurn
 from .prober import Refresh, Target, failed_refresh, refresh
-from .scheduling import Slots
 from .selfmetrics import SelfMetrics
 
 log = logging.getLogger(__name__)
@@ -51,15 +53,21 @@ class ClusterRuntime:
     # published before their credentials load, so the server answers at once; a refresh
     # waits for this.
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
-    # How long the last successful refresh took (None: none yet): the refresh slots and CPU
-    # turns go to the longest first.
+    # How long the last successful refresh took (None: none yet): CPU turns go to the
+    # longest first.
     last_refresh_seconds: float | None = None
+    # Back-off: refreshes failed in a row, and when the next one may start (monotonic).
+    failures: int = 0
+    retry_at: float = 0.0
+    last_failure: str | None = None  # why the last refresh failed
+    # This cluster's own connections: a hung API server holds only these.
+    session: aiohttp.ClientSession | None = None
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def target(self) -> Target:
+    def target(self, budget: MemoryBudget) -> Target:
         """What the prober needs of this cluster for one refresh."""
         return Target(
             name=self.name,
@@ -68,8 +76,25 @@ class ClusterRuntime:
             load_error=self.load_error,
             churn=self.churn,
             errors_total=self.errors_total,
+            budget=budget,
             expected=self.last_refresh_seconds or 0.0,
         )
+
+    def client_session(self) -> aiohttp.ClientSession:
+        """The cluster's session, opened when first needed (after its idle connections
+        were closed, say). Idle connections live two cache TTLs: long enough for the next
+        scrape's refresh to reuse them, not much longer."""
+        if self.session is None or self.session.closed:
+            s = self.config.settings
+            self.session = new_session(s.concurrency, max(10.0, 2 * s.cache_ttl))
+        return self.session
+
+    async def close_session(self) -> None:
+        """Close the cluster's connections (idle, or in use by a refresh still running for
+        a cluster that was removed); the next refresh opens new ones."""
+        session, self.session = self.session, None
+        if session is not None:
+            await session.close()
 
 
 @dataclass(frozen=True)
@@ -135,10 +160,10 @@ class Fleet:
         self.clusters: dict[str, ClusterRuntime] = {}
         self.config: FleetConfig | None = None
         self.cache: RefreshCache[Refresh] = RefreshCache()
-        self.session: aiohttp.ClientSession | None = None
+        self.budget = MemoryBudget(0)  # sized from the configuration in start()
+        self.descriptors = Descriptors()
         self.ready = False
         self._reload_lock = asyncio.Lock()
-        self._refresh_slots: Slots | None = None
         self._refreshing = 0
         self._listed_bytes = 0  # list bodies since the last release_free_memory()
         self._loading: asyncio.Task[None] | None = None
@@ -150,7 +175,7 @@ class Fleet:
         ConfigError when the directory or fleet.yaml is unusable; a broken kubeconfig is
         not such an error, nor is any other problem of one cluster."""
         config = await asyncio.to_thread(load_fleet, self.directory)
-        self.session = new_session()  # only now: a failed start leaves nothing to close
+        self._size_budget(config, None)
         self.config = config  # the server settings apply from the start
         self._loading = asyncio.create_task(self._initial_load(config), name="initial-load")
 
@@ -168,8 +193,7 @@ class Fleet:
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await self.cache.close()
-        if self.session is not None:
-            await self.session.close()
+        await asyncio.gather(*(rt.close_session() for rt in self.clusters.values()))
 
     async def reload(self, trigger: str = "signal") -> ReloadResult:
         """Re-read the clusters directory and apply the changes; returns once the
@@ -206,10 +230,30 @@ class Fleet:
                 if old.get(what) != why:
                     log.log(level, "%s: %s", what, why.message)
 
+    def _size_budget(self, config: FleetConfig, previous: FleetConfig | None) -> None:
+        """The memory budget from ``server.memory_budget`` (0: automatic), logged when it
+        changes; and the deprecated ``max_concurrent_refreshes``, said when it appears."""
+        server = config.server
+        if server.memory_budget:
+            limit, why = server.memory_budget, "server.memory_budget"
+        else:
+            limit, why = default_memory_budget()
+        if limit != self.budget.limit:
+            self.budget.limit = limit
+            log.info("memory budget for list bodies in flight: %d MiB (%s)", limit >> 20, why)
+        before = previous.server.max_concurrent_refreshes if previous else MAX_CONCURRENT_REFRESHES
+        if server.max_concurrent_refreshes not in (before, MAX_CONCURRENT_REFRESHES):
+            log.warning(
+                "fleet.yaml: server.max_concurrent_refreshes has no effect any more: a "
+                "refresh that waits holds nothing others need, and server.memory_budget "
+                "bounds the memory; remove the key"
+            )
+
     async def _apply(self, config: FleetConfig, trigger: str | None) -> ReloadResult:
         old = self.clusters
         new: dict[str, ClusterRuntime] = {}
         added, changed, unchanged = [], [], []
+        closing: list[ClusterRuntime] = []  # replaced or removed: their connections go
         for name, cfg in config.clusters.items():
             if self.only is not None and name not in self.only:
                 continue
@@ -225,6 +269,7 @@ class Fleet:
                 rt.churn, rt.errors_total, rt.history = prev.churn, prev.errors_total, prev.history
                 rt.last_refresh_seconds = prev.last_refresh_seconds
                 self.cache.forget(name)
+                closing.append(prev)
                 changed.append(name)
             else:
                 added.append(name)
@@ -232,12 +277,13 @@ class Fleet:
         removed = [name for name in old if name not in new]
         for name in removed:
             self.cache.forget(name)
+            closing.append(old[name])
         if self.report:
             self._report_entries(config)
-        limit = config.server.max_concurrent_refreshes
-        if self._refresh_slots is None or self._refresh_slots.size != limit:
-            self._refresh_slots = Slots(limit)
+        if config is not self.config:
+            self._size_budget(config, self.config)
         self.clusters, self.config = new, config
+        await asyncio.gather(*(rt.close_session() for rt in closing))
         # Exec plugins run in parallel; the kubernetes package's part is serialised inside
         # credentials (its temp files are process-global).
         await asyncio.gather(*(self._load_credentials(new[n]) for n in (*added, *changed)))
@@ -299,23 +345,35 @@ class Fleet:
         if not rt.loaded.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rt.loaded.wait(), rt.config.settings.refresh_timeout)
-        assert self.session is not None
-        assert self._refresh_slots is not None
-        async with self._refresh_slots.slot(rt.last_refresh_seconds or 0.0):
-            self.metrics.refreshes_in_flight.inc()
-            self._refreshing += 1
-            started_at = time.time()
-            target = rt.target()
-            try:
-                result = await refresh(target, self.session, lambda c: self._count_call(rt.name, c))
-            except Exception as e:
-                # A bug (say, data shaped as no Longhorn version ever was) costs this one
-                # cluster its probe, never the process or the other clusters.
-                log.exception("cluster %s: refresh failed unexpectedly", rt.name)
-                result = failed_refresh(target, f"internal error: {type(e).__name__}", started_at)
-            finally:
-                self.metrics.refreshes_in_flight.dec()
-                self._refreshing -= 1
+        started_at = time.time()
+        target = rt.target(self.budget)
+        if (wait := rt.retry_at - time.monotonic()) > 0:
+            return _backing_off(target, rt, wait, started_at)
+        if self.descriptors.exhausted() and await self._close_idle_connections():
+            # Less than the reserve left even with every idle connection closed: a new
+            # refresh would take the listener's last descriptors.
+            limit = self.descriptors.limit()
+            return failed_refresh(
+                target,
+                f"shed: {self.descriptors.open()} of {limit} file descriptors open; no new "
+                "refresh starts until some close",
+                started_at,
+            )
+        self.metrics.refreshes_in_flight.inc()
+        self._refreshing += 1
+        try:
+            on_call = partial(self._count_call, rt.name)
+            result = await refresh(target, rt.client_session(), on_call)
+        except Exception as e:
+            # A bug (say, data shaped as no Longhorn version ever was) costs this one
+            # cluster its probe, never the process or the other clusters.
+            log.exception("cluster %s: refresh failed unexpectedly", rt.name)
+            result = failed_refresh(target, f"internal error: {type(e).__name__}", started_at)
+        finally:
+            self.metrics.refreshes_in_flight.dec()
+            self._refreshing -= 1
+        if self.descriptors.pressure():
+            await rt.close_session()  # its idle connections: the next refresh reconnects
         if not self._refreshing and self._listed_bytes >= TRIM_AFTER_BYTES:
             self._listed_bytes = 0
             release_free_memory()
@@ -324,15 +382,57 @@ class Fleet:
             if result.ok:
                 self.metrics.last_refresh_success.labels(rt.name).set(result.finished_at)
                 rt.last_refresh_seconds = result.duration
+        _back_off(rt, result)
         if result.error and rt.load_error is None and self.report:
             # A broken cluster's reason was logged when it was loaded, not at every probe.
             log.warning("cluster %s: %s", rt.name, result.error)
         return result
 
+    async def _close_idle_connections(self) -> bool:
+        """Close the connections of every cluster not refreshing now; True when the
+        descriptors are still exhausted after that."""
+        idle = [rt for rt in self.clusters.values() if not self.cache.refreshing(rt.name)]
+        await asyncio.gather(*(rt.close_session() for rt in idle))
+        return self.descriptors.exhausted(fresh=True)
+
     def _count_call(self, cluster: str, call: Call) -> None:
         self._listed_bytes += call.bytes
         if cluster in self.clusters:
             self.metrics.upstream_requests.labels(cluster, call.resource, call.code).inc()
+
+
+MAX_CONCURRENT_REFRESHES = 8  # the old default, which no file needs to set any more
+BACKOFF_AFTER = 2  # refreshes failed in a row before the next one waits
+
+
+def _back_off(rt: ClusterRuntime, result: Refresh) -> None:
+    """After ``BACKOFF_AFTER`` failed refreshes in a row, the next waits one cache TTL,
+    doubling with each failure up to ``max_backoff``, and never less than a Retry-After
+    the API server sent. A good refresh ends it. The probes in between are answered at
+    once with the reason: a failing cluster costs neither the others nor its own probes'
+    time."""
+    if result.ok:
+        rt.failures, rt.retry_at, rt.last_failure = 0, 0.0, None
+        return
+    rt.failures += 1
+    rt.last_failure = result.error
+    s = rt.config.settings
+    delay = 0.0
+    if rt.failures >= BACKOFF_AFTER:
+        delay = min(s.cache_ttl * 2 ** (rt.failures - BACKOFF_AFTER), s.max_backoff)
+    if result.retry_after is not None:
+        delay = max(delay, min(result.retry_after, s.max_backoff))
+    rt.retry_at = time.monotonic() + delay if delay else 0.0
+
+
+def _backing_off(target: Target, rt: ClusterRuntime, wait: float, started_at: float) -> Refresh:
+    """The answer while a cluster backs off: failed, with the reason, cached until the
+    next attempt may start."""
+    error = (
+        f"backing off: {rt.failures} refreshes failed in a row; next attempt in "
+        f"{wait:.0f}s (last: {rt.last_failure})"
+    )
+    return dataclasses.replace(failed_refresh(target, error, started_at), ttl=wait)
 
 
 def _config_hash(config: FleetConfig, clusters: dict[str, ClusterRuntime]) -> int:

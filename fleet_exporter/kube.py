@@ -38,6 +38,7 @@ from . import __version__
 from .config import Settings
 from .credentials import Credentials, CredentialsError, redact
 from .knobs import AHEAD, CONNECTIONS_PER_CLUSTER, shrink_tls_read_buffer
+from .limits import Hold, MemoryBudget, MemoryShareExceeded
 
 LONGHORN_API = "/apis/longhorn.io/v1beta2"
 USER_AGENT = f"fleet-exporter/{__version__}"
@@ -66,10 +67,12 @@ class UpstreamError(Exception):
 
 @dataclass(slots=True, frozen=True)
 class Fetched:
-    """A page as it arrived: the body, inflated, and how long the request took."""
+    """A page as it arrived: the body, inflated, how long the request took, and the bytes
+    it holds in the fleet's memory budget until it is released."""
 
     body: bytes | bytearray
     seconds: float
+    hold: Hold
 
 
 class Call(msgspec.Struct, frozen=True, gc=False):
@@ -96,16 +99,17 @@ GZIP = frozenset({"gzip", "x-gzip"})
 IDENTITY = frozenset({"", "identity"})
 
 
-def new_session(limit: int = 256) -> aiohttp.ClientSession:
-    """The one shared session. Per-request ``ssl``/``server_hostname`` keep clusters apart:
-    aiohttp pools connections by (host, port, ssl context, server_hostname, proxy), so
-    ``limit_per_host`` is a per-cluster limit."""
+def new_session(
+    connections: int = CONNECTIONS_PER_CLUSTER, keepalive: float = 60.0
+) -> aiohttp.ClientSession:
+    """A session for one cluster: its own pool of at most ``connections`` connections, so a
+    hung API server holds only its own, and idle ones close after ``keepalive`` seconds
+    (long enough to be reused by the next scrape's refresh)."""
     shrink_tls_read_buffer()
     connector = aiohttp.TCPConnector(
-        limit=limit,
-        limit_per_host=CONNECTIONS_PER_CLUSTER,
-        # Longer than a scrape interval, so each probe reuses its TLS connections.
-        keepalive_timeout=120,
+        limit=connections,
+        limit_per_host=connections,
+        keepalive_timeout=keepalive,
         ttl_dns_cache=60,
         enable_cleanup_closed=True,
     )
@@ -138,11 +142,18 @@ class KubeClient:
         credentials: Credentials,
         settings: Settings,
         on_call: Callable[[Call], None] = lambda call: None,
+        *,
+        cluster: str = "",
+        budget: MemoryBudget | None = None,
     ):
+        """``budget`` bounds the bytes of list bodies in flight across the fleet, each
+        accounted to ``cluster`` (no bound without one)."""
         self.session = session
         self.credentials = credentials
         self.settings = settings
         self.on_call = on_call
+        self.cluster = cluster
+        self.budget = budget or MemoryBudget(1 << 62)
         base = credentials.endpoint.server.rstrip("/")
         self._base = f"{base}{LONGHORN_API}/namespaces/{quote(settings.namespace, safe='')}/"
 
@@ -168,8 +179,10 @@ class KubeClient:
                     error = f"page {n}: {e}"
                     self.report(resource, n, "invalid", fetched.seconds, size, error)
                     raise UpstreamError("invalid", error) from None
+                finally:
+                    fetched.hold.release()  # the body is folded in: its bytes are free
                 self.report(resource, n, "200", fetched.seconds, size)
-                del fetched  # the body is folded in: let it go before the next page
+                del fetched
                 if not token:
                     return
                 if token != guess:  # guessed wrong, or could not guess: restart from the truth
@@ -197,8 +210,7 @@ class KubeClient:
             attempt += 1
             started = time.monotonic()
             try:
-                raw, gzipped = await self._get(url, params, deadline)
-                body = _inflate(raw, self.settings.max_page_bytes) if gzipped else raw
+                return await self._attempt(url, params, deadline, started)
             except UpstreamError as e:
                 self.report(resource, page, e.code, time.monotonic() - started, 0, str(e))
                 if e.status == 401 and not reloaded:
@@ -232,7 +244,30 @@ class KubeClient:
                     await asyncio.sleep(pause)
                     continue
                 raise
-            return Fetched(body, time.monotonic() - started)
+
+    async def _attempt(
+        self, url: str, params: dict[str, str], deadline: float, started: float
+    ) -> Fetched:
+        """One GET of a page, its bytes held in the budget until the page is released;
+        on any failure they are given back at once."""
+        hold = self.budget.hold(self.cluster)
+        try:
+            raw, gzipped = await self._get(url, params, deadline, hold)
+            body = raw
+            if gzipped:
+                body = await _inflate(raw, self.settings.max_page_bytes, hold, deadline)
+                hold.shrink(len(raw))
+                del raw
+        except BaseException as e:
+            hold.release()
+            if isinstance(e, MemoryShareExceeded):
+                raise UpstreamError("memory", f"refused: {e}") from None
+            if isinstance(e, TimeoutError):
+                raise UpstreamError(
+                    "timeout", "the fleet's memory budget had no room before the deadline"
+                ) from None
+            raise
+        return Fetched(body, time.monotonic() - started, hold)
 
     def report(
         self,
@@ -247,9 +282,10 @@ class KubeClient:
         self.on_call(Call(resource, page, code, seconds, size, error))
 
     async def _get(
-        self, url: str, params: dict[str, str], deadline: float
+        self, url: str, params: dict[str, str], deadline: float, hold: Hold
     ) -> tuple[bytearray, bool]:
-        """The body as sent, and whether it is gzipped."""
+        """The body as sent (its bytes taken from the budget as they arrive, into
+        ``hold``), and whether it is gzipped."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise UpstreamError("timeout", "no time left before the deadline")
@@ -296,7 +332,7 @@ class KubeClient:
                 encoding = _encoding(resp)
                 if encoding not in IDENTITY and encoding not in GZIP:
                     raise UpstreamError("invalid", f"unsupported Content-Encoding {encoding!r}")
-                body = await _read_capped(resp, s.max_page_bytes)
+                body = await _read_capped(resp, s.max_page_bytes, hold, deadline)
                 return body, encoding in GZIP
         except UpstreamError:
             raise
@@ -341,7 +377,11 @@ class _Pages:
             while True:
                 fetched = await client.fetch_page(resource, token, deadline, n)
                 token = peek_continue(fetched.body)
-                await self._queue.put((fetched, token))
+                try:
+                    await self._queue.put((fetched, token))
+                except BaseException:
+                    fetched.hold.release()
+                    raise
                 if not token or n >= last:
                     return
                 n += 1
@@ -358,7 +398,12 @@ class _Pages:
         return item
 
     def close(self) -> None:
+        """Stop fetching; pages fetched and not read give their bytes back."""
         self._task.cancel()
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not isinstance(item, BaseException):
+                item[0].hold.release()
 
 
 class _ListMeta(msgspec.Struct):
@@ -389,17 +434,25 @@ def _encoding(resp: aiohttp.ClientResponse) -> str:
     return resp.headers.get("Content-Encoding", "").strip().lower()
 
 
-def _inflate(data: bytes | bytearray, cap: int) -> bytes:
-    """A gzip body, inflated to at most ``cap`` bytes: a gzip bomb stops at the cap."""
+async def _inflate(data: bytes | bytearray, cap: int, hold: Hold, deadline: float) -> bytes:
+    """A gzip body, inflated to at most ``cap`` bytes: a gzip bomb stops at the cap. The
+    room is taken from the budget first, as much as the gzip trailer says the body holds
+    (``ISIZE``; a body that inflates to more than it says is refused)."""
     if data[:2] != b"\x1f\x8b":  # ISA-L would wait for a header; say what is wrong
         raise UpstreamError("invalid", "body labelled gzip is not gzip")
+    claimed = int.from_bytes(data[-4:], "little") if len(data) >= 18 else 0
+    room = min(claimed, cap)
+    await hold.grow(room, deadline)
     inflater = isal_zlib.decompressobj(wbits=31)
     try:
-        body = inflater.decompress(data, cap + 1)
+        body = inflater.decompress(data, room + 1)
     except isal_zlib.error as e:
         raise UpstreamError("invalid", f"gzip body does not inflate: {e}") from None
-    if len(body) > cap or inflater.unconsumed_tail:
-        raise UpstreamError("body_too_large", f"body exceeds the {cap}-byte cap once inflated")
+    if len(body) > room or inflater.unconsumed_tail:
+        if room == cap:
+            raise UpstreamError("body_too_large", f"body exceeds the {cap}-byte cap once inflated")
+        raise UpstreamError("invalid", "gzip body inflates past the size its trailer gives")
+    hold.shrink(room - len(body))
     if not inflater.eof:
         raise UpstreamError("invalid", "the gzip body ends early")
     if inflater.unused_data:
@@ -407,13 +460,17 @@ def _inflate(data: bytes | bytearray, cap: int) -> bytes:
     return body
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytearray:
-    """Read the body as sent, refusing more than ``cap`` bytes. Leaving the
-    ``async with`` on the exception closes the connection instead of reusing it dirty."""
+async def _read_capped(
+    resp: aiohttp.ClientResponse, cap: int, hold: Hold, deadline: float
+) -> bytearray:
+    """Read the body as sent, refusing more than ``cap`` bytes, each chunk's bytes taken
+    from the budget before it is kept. Leaving the ``async with`` on the exception closes
+    the connection instead of reusing it dirty."""
     if resp.content_length is not None and resp.content_length > cap:
         raise UpstreamError("body_too_large", f"body of {resp.content_length} bytes exceeds {cap}")
     body = bytearray()
     async for chunk in resp.content.iter_chunked(256 * 1024):
+        await hold.grow(len(chunk), deadline)
         body += chunk
         if len(body) > cap:
             raise UpstreamError("body_too_large", f"body exceeds the {cap}-byte cap")

@@ -26,6 +26,7 @@ from .config import Settings
 from .credentials import Credentials
 from .exposition import Family, Rendered, Writer, encoded, inflate, render, rendering
 from .kube import Call, KubeClient, UpstreamError
+from .limits import MemoryBudget
 from .longhorn import CORE_RESOURCES, JOINS, RESOURCES, Join
 from .longhorn.catalogue import building_group
 from .longhorn.churn import SnapshotChurn
@@ -48,6 +49,7 @@ class Target:
     load_error: str | None
     churn: SnapshotChurn
     errors_total: Counter[str]
+    budget: MemoryBudget
     expected: float = 0.0
 
 
@@ -59,6 +61,7 @@ class ResourceResult:
     objects: int = 0
     malformed: int = 0
     unreadable: int = 0
+    retry_after: float | None = None  # the API server asked to wait this long (Retry-After)
     pages: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -88,6 +91,12 @@ class Refresh:
     @property
     def duration(self) -> float:
         return self.finished_at - self.started_at
+
+    @property
+    def retry_after(self) -> float | None:
+        """The longest wait an API server asked for in this refresh (Retry-After)."""
+        asked = [r.retry_after for r in self.resources.values() if r.retry_after is not None]
+        return max(asked) if asked else None
 
     def age(self, now_mono: float | None = None) -> float:
         return max(0.0, (now_mono or time.monotonic()) - self.finished_mono)
@@ -153,7 +162,9 @@ async def refresh(
     if target.credentials is None:
         return failed(target.load_error or "kubeconfig not loaded")
 
-    client = KubeClient(session, target.credentials, settings, record)
+    client = KubeClient(
+        session, target.credentials, settings, record, cluster=target.name, budget=target.budget
+    )
     reducer = ClusterReducer()
     writer = Writer(target.name)
     limit = asyncio.Semaphore(settings.concurrency)
@@ -176,6 +187,7 @@ async def refresh(
                 result.ok = True
             except UpstreamError as e:
                 result.error = f"{resource}: {e}"
+                result.retry_after = e.retry_after
                 target.errors_total[resource] += 1
             finally:
                 result.seconds = time.monotonic() - t0

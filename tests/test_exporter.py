@@ -476,38 +476,6 @@ async def test_an_unexpected_error_costs_only_that_clusters_probe(env, monkeypat
     assert value((await env.probe("alpha"))[1], "probe_success") == 1
 
 
-async def test_refresh_slots_go_to_the_longest_refresh_first(tmp_path):
-    """With one refresh at a time, cold clusters queued behind a running refresh start
-    longest-last-refresh first, not in the order their probes arrived."""
-    from simulator.fleet import ClusterSpec
-
-    from .conftest import started_env
-
-    specs = [ClusterSpec(name=n, volumes=3, nodes=1, seed=i) for i, n in enumerate("wxyz")]
-    yaml = "server: {max_concurrent_refreshes: 1}\n"
-    async with started_env(tmp_path, specs, yaml) as e:
-        for name, seconds in (("w", 0.1), ("x", 0.0), ("y", 0.02), ("z", 0.05)):
-            e.sim.set_latency(name, seconds)
-            assert (await e.probe(name))[0] == 200
-        learned = {n: e.fleet.clusters[n].last_refresh_seconds for n in "xyz"}
-        assert learned["x"] < learned["y"] < learned["z"], learned
-        for name in "wxyz":
-            e.fleet.cache.forget(name)
-        finished: list[str] = []
-
-        async def probe(name: str) -> None:
-            assert (await e.probe(name))[0] == 200
-            finished.append(name)
-
-        tasks = [asyncio.create_task(probe("w"))]  # takes the one slot
-        await wait_for(lambda: e.fleet.cache.refreshing("w"))
-        for name in "xyz":  # arrive shortest first
-            tasks.append(asyncio.create_task(probe(name)))
-            await wait_for(lambda name=name: e.fleet.cache.refreshing(name))
-        await asyncio.gather(*tasks)
-        assert finished == ["w", "z", "y", "x"]
-
-
 async def test_free_heap_pages_are_released_when_refreshes_go_idle(env, monkeypatch):
     """After enough list bytes, the C heap is trimmed once no refresh runs (glibc's
     malloc_trim here), not while one is still running."""

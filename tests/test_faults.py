@@ -41,9 +41,10 @@ UPSTREAM_FAULTS = {
     "expired_continue": {"410"},
 }
 
-# Each refresh of both clusters goes upstream (cache_ttl 0), so "unchanged" means something.
+# Each refresh of both clusters goes upstream (cache_ttl 0, no back-off), so "unchanged"
+# means something and each fault's own calls are seen.
 FLEET_YAML = """
-defaults: {cache_ttl: 0s}
+defaults: {cache_ttl: 0s, max_backoff: 0s}
 clusters:
   victim:
     request_timeout: 1s

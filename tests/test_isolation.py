@@ -1,0 +1,85 @@
+"""No cluster can starve, stall or kill the others: hung API servers hold nothing the
+healthy clusters need, a failing cluster backs off on its own, and an oversized list
+costs its own cluster only. Real sockets, real TLS, the simulator's faults.
+(The fault-at-scale figures come from the benchmark: `make bench-faults`.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from simulator.faults import FaultSettings
+from simulator.fleet import ClusterSpec
+
+from .conftest import started_env, value
+
+HUNG = [f"hung-{i}" for i in range(10)]
+HEALTHY = [f"ok-{i}" for i in range(6)]
+
+
+def specs(faulty: list[str], fault: str) -> list[ClusterSpec]:
+    return [
+        *(
+            ClusterSpec(name=n, volumes=3, nodes=1, seed=i, faults={"*": fault})
+            for i, n in enumerate(faulty)
+        ),
+        *(ClusterSpec(name=n, volumes=3, nodes=1, seed=50 + i) for i, n in enumerate(HEALTHY)),
+    ]
+
+
+async def test_hung_api_servers_hold_nothing_the_others_need(tmp_path):
+    """Ten hung clusters (more than the eight refreshes that once ran at a time) refresh
+    in the background for a minute; every healthy cluster's probe meanwhile answers at
+    once, with fresh data."""
+    yaml = "defaults: {cache_ttl: 1s}\n"
+    quick = FaultSettings(hang_seconds=30)
+    async with started_env(tmp_path, specs(HUNG, "timeout"), yaml, fault_settings=quick) as env:
+        hung = [
+            asyncio.create_task(env.probe(n, headers={"X-Prometheus-Scrape-Timeout-Seconds": "3"}))
+            for n in HUNG
+        ]
+        await asyncio.sleep(0.3)  # every hung refresh is waiting on its API server
+        assert all(env.fleet.cache.refreshing(n) for n in HUNG)
+        started = time.monotonic()
+        for _ in range(3):
+            answers = await asyncio.gather(*(env.probe(n) for n in HEALTHY))
+            assert [value(a[1], "probe_success") for a in answers] == [1.0] * len(HEALTHY)
+            await asyncio.sleep(1.1)  # past the TTL: the next round refreshes again
+        assert time.monotonic() - started < 3 * 1.1 + 2
+        for status, smp, _ in await asyncio.gather(*hung):
+            assert status == 200 and value(smp, "probe_success") == 0
+
+
+async def test_a_failing_cluster_backs_off_and_its_probes_answer_at_once(tmp_path):
+    yaml = "defaults: {cache_ttl: 1s, max_backoff: 30s}\n"
+    async with started_env(tmp_path, specs(["down"], "500"), yaml) as env:
+        for _ in range(2):  # two failures in a row start the back-off
+            _, smp, _ = await env.probe("down")
+            assert value(smp, "probe_success") == 0
+            env.fleet.cache.forget("down")
+        calls = env.sim.requests("down")
+        started = time.monotonic()
+        _, text, _ = await env.get("/probe?cluster=down&debug=true")
+        assert time.monotonic() - started < 0.5
+        assert "backing off: 2 refreshes failed in a row; next attempt in 1s" in text
+        assert "HTTP 500" in text  # and why
+        assert env.sim.requests("down") == calls  # no call while it backs off
+        assert value((await env.probe(HEALTHY[0]))[1], "probe_success") == 1
+
+
+async def test_an_oversized_list_costs_its_own_cluster_only(tmp_path):
+    """Two clusters answer every list with bodies far past the memory budget; their lists
+    fail with the reason, the budget is never exceeded, and the others are served."""
+    yaml = "server: {memory_budget: 8Mi}\ndefaults: {max_page_bytes: 6Mi}\n"
+    big = FaultSettings(oversized_bytes=64 << 20)
+    async with started_env(
+        tmp_path, specs(["big-0", "big-1"], "oversized"), yaml, fault_settings=big
+    ) as env:
+        answers = await asyncio.gather(*(env.probe(n) for n in ["big-0", "big-1", *HEALTHY]))
+        for name, (status, smp, _) in zip(["big-0", "big-1", *HEALTHY], answers, strict=True):
+            assert status == 200
+            assert value(smp, "probe_success") == (0 if name.startswith("big") else 1), name
+        _, debug, _ = await env.get("/probe?cluster=big-0&debug=true")
+        assert "body_too_large" in debug or "memory" in debug
+        assert env.fleet.budget.peak <= 8 << 20
+        assert env.fleet.budget.used == 0  # every byte came back
