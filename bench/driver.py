@@ -261,6 +261,7 @@ class _Driver:
         from fleet_exporter.longhorn.wire import decode_page
 
         settings = Settings()
+
         async def one_list(up: _Upstream, resource: str, limit: asyncio.Semaphore) -> None:
             session = self.floor_sessions[up.name]  # one per cluster, as the exporter's
             token = ""
