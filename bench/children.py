@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import gc
 import os
+import resource
 import signal
 import sys
 import threading
@@ -123,8 +124,13 @@ _FREEZER = web.AppKey("bench_freezer", asyncio.Task)
 async def _exporter_child(args: argparse.Namespace) -> None:
     from fleet_exporter.fleet import Fleet
     from fleet_exporter.knobs import settle_heap
+    from fleet_exporter.limits import raise_file_limit
     from fleet_exporter.web.app import create_app
 
+    if args.nofile:  # the limits it starts with; then raised as `serve` does
+        soft, _, hard = args.nofile.partition(":")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(soft), int(hard or soft)))
+    raise_file_limit()
     stop = _stop_event()
     fleet = Fleet(Path(args.dir))
     app = create_app(fleet)
@@ -144,8 +150,18 @@ async def _exporter_child(args: argparse.Namespace) -> None:
                 "cached": cached,
                 "refreshing": sum(1 for n in fleet.clusters if fleet.cache.refreshing(n)),
                 "threads": threading.active_count(),
+                "fds": len(os.listdir("/proc/self/fd")),
+                "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                "budget_peak": fleet.budget.peak,
+                "budget_limit": fleet.budget.limit,
             }
         )
+
+    async def reset_peak(request: web.Request) -> web.Response:
+        """VmHWM and the budget's peak start again from now (Linux: clear_refs 5)."""
+        Path("/proc/self/clear_refs").write_text("5")  # noqa: ASYNC240 (procfs: instant)
+        fleet.budget.peak = fleet.budget.used
+        return web.Response(text="ok")
 
     async def forget(request: web.Request) -> web.Response:
         names = request.query.getall("cluster", []) or list(fleet.clusters)
@@ -163,6 +179,7 @@ async def _exporter_child(args: argparse.Namespace) -> None:
     app.router.add_get("/_bench/stats", stats)
     app.router.add_post("/_bench/forget", forget)
     app.router.add_post("/_bench/ticker", tick)
+    app.router.add_post("/_bench/reset-peak", reset_peak)
 
     async def freeze_startup_heap(app: web.Application) -> None:
         # As `serve` does once the kubeconfigs are loaded (probe.settle_heap).
@@ -222,6 +239,7 @@ def child_main(argv: Sequence[str]) -> int:
     p.add_argument("--fleet", choices=["sized", "small"], default="sized")
     p.add_argument("--clusters", type=int, default=51)
     p.add_argument("--max-volumes", type=int, default=2000)
+    p.add_argument("--nofile", default="", help="SOFT[:HARD] open-file limit to start with")
     args = p.parse_args(argv)
     import logging
 

@@ -124,12 +124,29 @@ def _gunzip(data: bytes) -> bytes:
     return b"".join(out)
 
 
+# Long TTL: the benchmark decides when data goes cold (/_bench/forget), so a warm
+# measurement never straddles a refresh.
+LONG_TTL = "defaults:\n  cache_ttl: 1h\n  max_staleness: 2h\n"
+
+
 class _Driver:
     """One phase's processes and clients: a simulator, an exporter in front of it, two
     scraper sessions and the floor client."""
 
-    def __init__(self, opts: Options, work: Path, fleet: str, n: int) -> None:
+    def __init__(
+        self,
+        opts: Options,
+        work: Path,
+        fleet: str,
+        n: int,
+        fleet_yaml: str = LONG_TTL,
+        exporter_args: Sequence[str] = (),
+    ) -> None:
+        """``fleet_yaml`` is the exporter's settings (default: a long TTL, so the
+        benchmark decides when data goes cold); ``exporter_args`` go to its child."""
         self.opts = opts
+        self.fleet_yaml = fleet_yaml
+        self.exporter_args = tuple(exporter_args)
         self.work = work
         self.fleet = fleet
         self.n = n
@@ -157,10 +174,10 @@ class _Driver:
             "--max-volumes",
             str(self.opts.max_volumes),
         )
-        # Long TTL: the benchmark decides when data goes cold (/_bench/forget), so a warm
-        # measurement never straddles a refresh.
-        (self.dir / "fleet.yaml").write_text("defaults:\n  cache_ttl: 1h\n  max_staleness: 2h\n")
-        self.exporter = await _Child.start("exporter", self.work, "--dir", str(self.dir))
+        (self.dir / "fleet.yaml").write_text(self.fleet_yaml)
+        self.exporter = await _Child.start(
+            "exporter", self.work, "--dir", str(self.dir), *self.exporter_args
+        )
         self.scrapers = [self._client() for _ in range(2)]
         self.control = self._client()
         # The floor uses the exporter's own session settings (a session per cluster), and

@@ -385,8 +385,9 @@ class _Pages:
                 if not token or n >= last:
                     return
                 n += 1
-        except Exception as e:  # handed to the reader, who raises it
-            await self._queue.put(e)
+        except Exception as e:  # handed to the reader, who raises it (without the frames
+            # that held the page it came from: they would keep its body alive meanwhile)
+            await self._queue.put(e.with_traceback(None))
 
     async def next(self) -> tuple[Fetched, str]:
         """The next page, and the token guessed for the page after it."""
@@ -449,6 +450,7 @@ async def _inflate(data: bytes | bytearray, cap: int, hold: Hold, deadline: floa
     except isal_zlib.error as e:
         raise UpstreamError("invalid", f"gzip body does not inflate: {e}") from None
     if len(body) > room or inflater.unconsumed_tail:
+        del body  # not kept alive by the traceback while the error travels
         if room == cap:
             raise UpstreamError("body_too_large", f"body exceeds the {cap}-byte cap once inflated")
         raise UpstreamError("invalid", "gzip body inflates past the size its trailer gives")
@@ -473,6 +475,7 @@ async def _read_capped(
         await hold.grow(len(chunk), deadline)
         body += chunk
         if len(body) > cap:
+            del body  # not kept alive by the traceback while the error travels
             raise UpstreamError("body_too_large", f"body exceeds the {cap}-byte cap")
     return body
 
