@@ -137,11 +137,11 @@ class ClusterSpec:
     read_only_volumes: int | float = 0
     # status.actualSize 93-108 % of spec.size (the others stay at or below 90 %).
     near_capacity_volumes: int | float = 0
-    # Backups: newest backup Error / InProgress for hours / just created ("" or Pending) /
+    # Backups: newest backup Error / InProgress for 7-20 hours / just created ("" or Pending) /
     # last success days ago / no backup at all / the run before the newest failed and the
     # newest completed. The daily backup job runs at the hour 30-90 minutes before `now`, so
     # a volume whose newest backup failed or is still running has its last success within
-    # 24.5-25.5 hours, whatever the time of day.
+    # 23.5-25.5 hours (uploads take up to an hour), whatever the time of day.
     failing_backups: int | float = 0
     stuck_backups: int | float = 0
     pending_backups: int | float = 0

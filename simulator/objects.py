@@ -789,7 +789,7 @@ class _Builder:
             )
         elif state == "stuck":
             state, progress, logical = "InProgress", rng.randint(5, 60), ""
-            cr_created = self.now - rng.uniform(3, 12) * 3600
+            cr_created = self.now - rng.uniform(7, 20) * 3600  # past 6 h, after the last success
             snap_at = cr_created - rng.uniform(1, 5)
         else:  # pending: created a moment ago, not picked up yet
             state = rng.choice(("", "Pending"))
