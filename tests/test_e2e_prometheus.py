@@ -19,7 +19,6 @@ from .test_deploy_grafana import OVERVIEW, TRIAGE, load, panel_queries, substitu
 
 pytestmark = pytest.mark.prometheus
 
-HEALTHY = ["alpha", "delta"]
 TROUBLED = "beta"  # every kind of trouble, so every alert and triage panel has something
 UNREACHABLE = "epsilon"
 HOUR = 3600
