@@ -356,8 +356,9 @@ class _Builder:
         )
         # Replica roles: RW healthy, ERR failed, WO rebuilding, UNSCHED never scheduled.
         roles = ["RW"] * count
-        if state == "degraded":
-            roles[0] = "WO" if index % 2 else "ERR"
+        if state == "degraded":  # on a node that is up: a rebuild cannot run on a down one
+            k = next((k for k, node in enumerate(placed) if not node.down), 0)
+            roles[k] = "WO" if index % 2 else "ERR"
         elif state == "unscheduled":
             roles[0] = "UNSCHED"
         elif state == "faulted":
@@ -371,7 +372,7 @@ class _Builder:
             placed.append(rng.choice(self.nodes))
         if attached:
             for k, node in enumerate(placed):
-                if node.down and roles[k] == "RW":
+                if node.down and roles[k] in ("RW", "WO"):
                     roles[k] = "ERR"
             if "ERR" in roles and state == "healthy":
                 state = "degraded"

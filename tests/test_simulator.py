@@ -379,7 +379,9 @@ def test_on_call_states_show_up_in_the_objects():
 
 
 def test_a_down_node_keeps_its_replicas_failed_and_their_volumes_degraded():
-    spec = ClusterSpec("down", volumes=16, nodes=4, nodes_down=1, detached_volumes=3, seed=3)
+    spec = ClusterSpec(
+        "down", volumes=16, nodes=4, nodes_down=1, detached_volumes=3, degraded_volumes=6, seed=10
+    )
     items = build_cluster(spec, now=NOW).items
     (down,) = [
         n["metadata"]["name"] for n in items["nodes"] if _condition(n, "Ready")["status"] == "False"
