@@ -289,7 +289,8 @@ async def test_shipped_prometheus_config_rules_and_dashboards(tmp_path):
                     f'longhorn_node_replicas{{cluster="{TROUBLED}", node="{down}"}}'
                 )
             }
-            assert held == node_replicas(troubled, down) and held["failed"] > 0
+            assert held == node_replicas(troubled, down)
+            assert held["failed"] > 0 and held["healthy"] == held["rebuilding"] == 0
 
             # Every dashboard panel query returns data from this Prometheus (rate() panels
             # need two scrapes of a series, so poll until every panel has data).
