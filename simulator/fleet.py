@@ -52,6 +52,8 @@ STATE_KNOBS = {
     "degraded_volumes": "degraded",
     "detached_volumes": "detached",
     "unscheduled_volumes": "unscheduled",
+    "detached_failed_volumes": "detached_failed",
+    "unscheduled_extra_volumes": "unscheduled_extra",
 }
 BACKUP_KNOBS = {
     "never_backed_up_volumes": "never",
@@ -59,8 +61,12 @@ BACKUP_KNOBS = {
     "stuck_backups": "stuck",
     "pending_backups": "pending",
     "overdue_backups": "overdue",
+    "recovered_backups": "recovered",
 }
-VOLUME_KNOBS = (*STATE_KNOBS, *BACKUP_KNOBS, "too_many_snapshots_volumes")
+# Knobs that mark volumes whatever their state (`read_only_volumes` only attached, healthy
+# ones: a filesystem is mounted only there).
+FLAG_KNOBS = ("too_many_snapshots_volumes", "read_only_volumes", "near_capacity_volumes")
+VOLUME_KNOBS = (*STATE_KNOBS, *BACKUP_KNOBS, *FLAG_KNOBS)
 _INT_FIELDS = (
     "volumes",
     "replicas_per_volume",
@@ -96,10 +102,10 @@ class ClusterSpec:
     """What one simulated cluster looks like. Defaults describe a small healthy cluster.
 
     Volume health knobs (`VOLUME_KNOBS`) take a count (int) or a fraction of the volumes
-    (float below 1). The volume states degraded/faulted/detached/unscheduled are exclusive;
-    the backup knobs apply to disjoint sets of volumes too. Replicas on a down node fail, so
-    the volumes using them end up degraded as well: `ClusterObjects.summary` has the exact
-    resulting counts.
+    (float below 1). The volume states (`STATE_KNOBS`) are exclusive; the backup knobs
+    apply to disjoint sets of volumes too. Replicas of attached volumes on a down node fail
+    (`failedAt` set, state `unknown`), so those volumes end up degraded as well:
+    `ClusterObjects.summary` has the exact resulting counts.
     """
 
     name: str
@@ -119,14 +125,29 @@ class ClusterSpec:
     faulted_volumes: int | float = 0
     detached_volumes: int | float = 0
     unscheduled_volumes: int | float = 0
+    # Detached after a replica failed, never rebuilt: robustness `unknown`, too few usable
+    # replicas to come up healthy.
+    detached_failed_volumes: int | float = 0
+    # Every replica healthy plus one more, asked for by replica auto-balance, that cannot be
+    # scheduled: Scheduled False, robustness healthy (Longhorn counts RW replicas against
+    # numberOfReplicas; longhorn/longhorn#11916).
+    unscheduled_extra_volumes: int | float = 0
     too_many_snapshots_volumes: int | float = 0
-    # Backups: newest backup Error / InProgress for hours / just created ("" or Pending) /
-    # last success days ago / no backup at all.
+    # The active engine reports FilesystemReadOnly True (attached, healthy volumes).
+    read_only_volumes: int | float = 0
+    # status.actualSize 93-108 % of spec.size (the others stay at or below 90 %).
+    near_capacity_volumes: int | float = 0
+    # Backups: newest backup Error / InProgress for 7-20 hours / just created ("" or Pending) /
+    # last success days ago / no backup at all / the run before the newest failed and the
+    # newest completed. The daily backup job runs at the hour 30-90 minutes before `now`, so
+    # a volume whose newest backup failed or is still running has its last success within
+    # 23.5-25.5 hours (uploads take up to an hour), whatever the time of day.
     failing_backups: int | float = 0
     stuck_backups: int | float = 0
     pending_backups: int | float = 0
     overdue_backups: int | float = 0
     never_backed_up_volumes: int | float = 0
+    recovered_backups: int | float = 0
     backup_target_available: bool = True
     # Nodes and disks (counts).
     nodes_down: int = 0
@@ -180,6 +201,12 @@ class ClusterSpec:
                     f"{self.name}: {' + '.join(group)} cover {total} volumes, "
                     f"more than the {self.volumes} there are"
                 )
+        healthy = self.volumes - sum(self.count(knob) for knob in STATE_KNOBS)
+        if self.count("read_only_volumes") > healthy:
+            raise ValueError(
+                f"{self.name}: read_only_volumes ({self.count('read_only_volumes')}) exceeds "
+                f"the {healthy} volumes no state knob takes"
+            )
 
     def _check_knob(self, knob: str, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -236,11 +263,13 @@ def demo_fleet(n: int = 51, seed: int = 1) -> list[ClusterSpec]:
     """A varied fleet for the demo: mostly small healthy clusters plus a long tail and
     one or two of each problem a dashboard should show.
 
-    With n >= 13 it contains: degraded volumes, a faulted volume, failing, stuck and overdue
+    With n >= 15 it contains: degraded volumes, a faulted volume, failing, stuck and overdue
     backups, never-backed-up volumes, a down node, disks under pressure, an unavailable
     backup target, a cluster whose RBAC forbids `snapshots` (403), one using client
     certificates, one with hostile names and malformed objects, one whose kubeconfig sets
-    `tls-server-name`, and one whose API server is unreachable.
+    `tls-server-name`, one whose API server is unreachable, read-only filesystems, volumes
+    near their capacity, a detached volume with a failed replica, a replica that cannot be
+    scheduled beside healthy ones, and a failed backup that a later one made good.
     """
     if n < 1:
         raise ValueError("demo_fleet needs n >= 1")
@@ -277,6 +306,8 @@ def demo_fleet(n: int = 51, seed: int = 1) -> list[ClusterSpec]:
         {"hostile_names": True, "malformed": True},
         {"tls_server_name": "kubernetes.default.svc"},
         {"auth": "cert", "degraded_volumes": 1},
+        {"read_only_volumes": 1, "near_capacity_volumes": 2, "recovered_backups": 2},
+        {"detached_failed_volumes": 1, "unscheduled_extra_volumes": 1},
     ]
     # Spread the problems over the fleet, away from index 0 so the first cluster is healthy.
     slots = list(range(1, n)) or [0]

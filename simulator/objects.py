@@ -176,6 +176,9 @@ class _Builder:
         # Placed inside the backup history, so older backups show it and newer ones do not.
         history = max(1.5, spec.backups_per_volume - 0.5)
         self.synced_at = now - self.rng.uniform(1.2, history) * DAY
+        # The daily backup job's newest run: the full hour 30-90 minutes before `now` (its
+        # cron names that hour), so how old a backup is does not depend on the time of day.
+        self.backup_run = (now - 1800) // 3600 * 3600
         self.summary: dict[str, Any] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -293,7 +296,8 @@ class _Builder:
         """Give each volume its health and backup situation, on disjoint shuffled sets."""
         spec = self.spec
         plan: list[dict[str, Any]] = [
-            {"state": "healthy", "backup": "normal", "tms": False} for _ in range(spec.volumes)
+            {"state": "healthy", "backup": "normal", "tms": False, "ro": False, "full": False}
+            for _ in range(spec.volumes)
         ]
         order = list(range(spec.volumes))
         for group, key in ((STATE_KNOBS, "state"), (BACKUP_KNOBS, "backup")):
@@ -309,6 +313,15 @@ class _Builder:
         if spec.hostile_names:
             for i, name in zip(order[-len(HOSTILE_NAMES) :], HOSTILE_NAMES, strict=False):
                 plan[i]["name"] = name
+        # Drawn only when asked for, so clusters without these knobs stay as they were.
+        if spec.count("read_only_volumes") or spec.count("near_capacity_volumes"):
+            self.rng.shuffle(order)
+            healthy = [i for i in order if plan[i]["state"] == "healthy"]
+            for i in healthy[: spec.count("read_only_volumes")]:
+                plan[i]["ro"] = True
+            # From the other end, so the two sets overlap only when they must.
+            for i in order[len(order) - spec.count("near_capacity_volumes") :]:
+                plan[i]["full"] = True
         return plan
 
     # -- one volume and everything that belongs to it ------------------------------------
@@ -331,7 +344,7 @@ class _Builder:
             pvc = pattern.format(i=index)
 
         up_nodes = [n for n in self.nodes if not n.down] or self.nodes
-        attached = state in ("healthy", "degraded", "unscheduled")
+        attached = state in ("healthy", "degraded", "unscheduled", "unscheduled_extra")
         attach_node = rng.choice(up_nodes)
         owner = attach_node.name if attached else rng.choice(up_nodes).name
 
@@ -343,24 +356,36 @@ class _Builder:
         )
         # Replica roles: RW healthy, ERR failed, WO rebuilding, UNSCHED never scheduled.
         roles = ["RW"] * count
-        if state == "degraded":
-            roles[0] = "WO" if index % 2 else "ERR"
+        if state == "degraded":  # on a node that is up: a rebuild cannot run on a down one
+            k = next((k for k, node in enumerate(placed) if not node.down), 0)
+            roles[k] = "WO" if index % 2 else "ERR"
         elif state == "unscheduled":
             roles[0] = "UNSCHED"
         elif state == "faulted":
             roles = ["ERR"] * count
+        elif state == "detached_failed":
+            roles[0] = "ERR"
+        # Replica auto-balance asked for one more replica, which found no room.
+        auto_balance = state == "unscheduled_extra"
+        if auto_balance:
+            roles.append("UNSCHED")
+            placed.append(rng.choice(self.nodes))
         if attached:
             for k, node in enumerate(placed):
-                if node.down and roles[k] == "RW":
+                if node.down and roles[k] in ("RW", "WO"):
                     roles[k] = "ERR"
-            if state == "healthy" and "ERR" in roles:
+            if "ERR" in roles and state == "healthy":
                 state = "degraded"
+            elif "ERR" in roles and state == "unscheduled_extra":
+                state = "unscheduled"  # fewer RW than wanted and one not placed
             if roles.count("ERR") == count:
                 state, attached = "faulted", False
 
         engine_name = f"{name}-e-0"
         engine_port = attach_node.port() if attached else 0
-        actual = int(size * rng.uniform(0.05, 0.9))
+        low, high = (0.93, 1.08) if plan["full"] else (0.05, 0.9)
+        actual = int(size * rng.uniform(low, high))
+        read_only = plan["ro"] and attached
         replicas = [
             (self.replica(name, vol_uid, size, engine_name, node, role, attached, created), role)
             for node, role in zip(placed, roles, strict=True)
@@ -377,6 +402,7 @@ class _Builder:
             snapshots,
             attached,
             created,
+            read_only,
         )
         last_backup = self.backups(name, size, actual, created, plan["backup"], owner, snapshots)
         self.volume(
@@ -394,8 +420,9 @@ class _Builder:
             tms=plan["tms"],
             snapshot_count=len(snapshots),
             last_backup=last_backup,
+            auto_balance=auto_balance,
         )
-        self.summary_volume(state, plan, roles, last_backup)
+        self.summary_volume(state, plan, roles, last_backup, read_only)
 
     def replica(
         self,
@@ -415,12 +442,14 @@ class _Builder:
         healthy_at = ts(created + rng.uniform(5, 60))
         failed_at = ts(self.now - rng.uniform(600, DAY)) if role == "ERR" else ""
         running = attached and role in ("RW", "WO")
+        # Its node went down under it: the instance manager is unknown, so is the replica.
+        lost = attached and role == "ERR" and node.down
         port = node.port() if running else 0
         if scheduled:
             disk.scheduled[name] = size
             node.replicas.append(name)
         if role == "ERR":
-            current_state = "error" if attached else "stopped"
+            current_state = ("unknown" if lost else "error") if attached else "stopped"
         else:
             current_state = "running" if running else "stopped"
         spec: dict[str, Any] = {
@@ -428,7 +457,7 @@ class _Builder:
             "backingImage": "",
             "dataDirectoryName": f"{volume}-{self.hex(8)}" if scheduled else "",
             "dataEngine": "v1",
-            "desireState": "running" if attached else "stopped",
+            "desireState": "running" if attached and role != "ERR" else "stopped",
             "diskID": disk.uuid if scheduled else "",
             "diskPath": disk.path if scheduled else "",
             "engineName": engine,
@@ -460,13 +489,13 @@ class _Builder:
             ],
             "currentImage": self.engine_image if running else "",
             "currentState": current_state,
-            "instanceManagerName": node.im_name if running else "",
+            "instanceManagerName": node.im_name if running or lost else "",
             "ip": node.ip if running else "",
             "logFetched": False,
             "ownerID": node.name if scheduled else "",
             "port": port,
             "salvageExecuted": False,
-            "started": running,
+            "started": running or lost,
             "starting": False,
             "storageIP": node.ip if running else "",
             "uuid": self.uuid(),
@@ -541,9 +570,12 @@ class _Builder:
         snapshots: list[dict[str, Any]],
         attached: bool,
         created: float,
+        read_only: bool = False,
     ) -> None:
         """The volume's engine; `replicas` pairs each Replica with its role (RW, WO, ERR,
-        UNSCHED), from which the mode map, addresses and rebuild status follow."""
+        UNSCHED), from which the mode map, addresses and rebuild status follow. `read_only`:
+        the filesystem on it was remounted read-only (condition FilesystemReadOnly True,
+        with no reason or message, as longhorn-manager's instance handler sets it)."""
         rng = self.rng
         address_map: dict[str, str] = {}
         mode_map: dict[str, str] = {}
@@ -608,7 +640,11 @@ class _Builder:
             "cloneStatus": None,
             "conditions": [
                 _condition("InstanceCreation", True, created + 1),
-                _condition("FilesystemReadOnly", False, created + 1),
+                _condition(
+                    "FilesystemReadOnly",
+                    read_only,
+                    self.now - rng.uniform(600, 7200) if read_only else created + 1,
+                ),
             ],
             "currentImage": self.engine_image if attached else "",
             "currentReplicaAddressMap": address_map if attached else None,
@@ -684,18 +720,17 @@ class _Builder:
     ) -> dict[str, Any] | None:
         """The volume's daily backups, oldest first; the newest one shows the backup `mode`
         (Error when failing, InProgress for hours when stuck, just created when pending,
-        days old when overdue).
+        days old when overdue; when recovered, the one before it is Error).
 
         Returns the newest Completed backup's name and time, or None when there is none.
         """
         rng = self.rng
         count = 0 if mode == "never" else self.spec.backups_per_volume
+        if mode == "recovered":
+            count = max(count, 2)
         if count == 0:
             return None
-        # Newest scheduled run: today's (or yesterday's) 02:00 UTC, shifted for overdue ones.
-        newest = self.now - (self.now % DAY) + 2 * 3600
-        if newest > self.now - 1800:
-            newest -= DAY
+        newest = self.backup_run
         if mode == "overdue":
             newest -= rng.randint(3, 9) * DAY
         last_done: dict[str, Any] | None = None
@@ -706,6 +741,8 @@ class _Builder:
                 state = "Error"
             elif k == count - 1 and mode in ("stuck", "pending"):
                 state = mode
+            elif k == count - 2 and mode == "recovered":
+                state = "Error"
             backup = self.backup(volume, size, actual, snap_at, state, owner, snapshots)
             if state == "Completed":
                 last_done = backup
@@ -738,6 +775,7 @@ class _Builder:
         logical = str(actual)
         if state == "Completed":
             finished = cr_created + 20 + uploaded / (rng.uniform(40, 200) * 1024 * 1024)
+            finished = min(finished, self.now - 60)  # the newest run's upload is over by now
             done_at = ts(finished)
             if finished < self.synced_at:
                 # Pulled from the backupstore by a re-sync: created after it finished.
@@ -752,7 +790,7 @@ class _Builder:
             )
         elif state == "stuck":
             state, progress, logical = "InProgress", rng.randint(5, 60), ""
-            cr_created = self.now - rng.uniform(3, 12) * 3600
+            cr_created = self.now - rng.uniform(7, 20) * 3600  # past 6 h, after the last success
             snap_at = cr_created - rng.uniform(1, 5)
         else:  # pending: created a moment ago, not picked up yet
             state = rng.choice(("", "Pending"))
@@ -858,9 +896,11 @@ class _Builder:
         tms: bool,
         snapshot_count: int,
         last_backup: dict[str, Any] | None,
+        auto_balance: bool = False,
     ) -> None:
         rng = self.rng
         since = created + 1
+        unscheduled = state in ("unscheduled", "unscheduled_extra")
         max_count = max(2, snapshot_count) if tms else 250
         conditions = [
             _condition("WaitForBackingImage", False, since),
@@ -876,10 +916,10 @@ class _Builder:
             ),
             _condition(
                 "Scheduled",
-                state != "unscheduled",
-                self.now - rng.uniform(600, 7200) if state == "unscheduled" else since,
-                "ReplicaSchedulingFailure" if state == "unscheduled" else "",
-                "replica scheduling failed: insufficient storage" if state == "unscheduled" else "",
+                not unscheduled,
+                self.now - rng.uniform(600, 7200) if unscheduled else since,
+                "ReplicaSchedulingFailure" if unscheduled else "",
+                "replica scheduling failed: insufficient storage" if unscheduled else "",
             ),
             _condition("Restore", False, since),
         ]
@@ -887,6 +927,7 @@ class _Builder:
             "healthy": "healthy",
             "degraded": "degraded",
             "unscheduled": "degraded",
+            "unscheduled_extra": "healthy",  # every wanted replica is RW
             "faulted": "faulted",
         }.get(state, "unknown")
         spec: dict[str, Any] = {
@@ -910,7 +951,7 @@ class _Builder:
             "nodeID": node,
             "nodeSelector": [],
             "numberOfReplicas": self.spec.replicas_per_volume,
-            "replicaAutoBalance": "ignored",
+            "replicaAutoBalance": "best-effort" if auto_balance else "ignored",
             "replicaDiskSoftAntiAffinity": "ignored",
             "replicaSoftAntiAffinity": "ignored",
             "replicaZoneSoftAntiAffinity": "ignored",
@@ -1193,8 +1234,9 @@ class _Builder:
             },
         )
         days = int((self.now - self.installed) // DAY)
+        backup_hour = int(self.backup_run % DAY) // 3600
         jobs = (
-            ("backup-daily", "backup", "0 2 * * *", 7, 2, days),
+            ("backup-daily", "backup", f"0 {backup_hour} * * *", 7, 2, days),
             ("snapshot-hourly", "snapshot", "0 * * * *", 24, 5, days * 24),
             ("trim-weekly", "filesystem-trim", "0 4 * * 0", 0, 2, days // 7),
         )
@@ -1301,16 +1343,25 @@ class _Builder:
     # -- summary -------------------------------------------------------------------------
 
     def summary_volume(
-        self, state: str, plan: dict[str, Any], roles: list[str], last: dict[str, Any] | None
+        self,
+        state: str,
+        plan: dict[str, Any],
+        roles: list[str],
+        last: dict[str, Any] | None,
+        read_only: bool,
     ) -> None:
         s = self.summary
         s[f"volumes_{state}"] = s.get(f"volumes_{state}", 0) + 1
         if plan["tms"]:
             s["volumes_too_many_snapshots"] = s.get("volumes_too_many_snapshots", 0) + 1
+        if read_only:
+            s["volumes_read_only"] = s.get("volumes_read_only", 0) + 1
+        if plan["full"]:
+            s["volumes_near_capacity"] = s.get("volumes_near_capacity", 0) + 1
         if last is None:
             s["volumes_without_completed_backup"] = s.get("volumes_without_completed_backup", 0) + 1
         for role in roles:
-            if state == "detached" and role == "RW":
+            if state in ("detached", "detached_failed") and role == "RW":
                 key = "replicas_stopped"  # no running engine, so no replica mode at all
             else:
                 key = _ROLE_SUMMARY[role]
@@ -1331,11 +1382,13 @@ class _Builder:
         out["disks_under_pressure"] = sum(1 for n in self.nodes for d in n.disks if d.pressure)
         out["backup_target_available"] = self.spec.backup_target_available
         out["longhorn_version"] = self.ver
-        for state in ("healthy", "degraded", "faulted", "detached", "unscheduled"):
+        for state in (*_STATES, "read_only", "near_capacity"):
             out[f"volumes_{state}"] = self.summary.get(f"volumes_{state}", 0)
         return out
 
 
+# Every state a volume can end up in (`ClusterSpec`'s knobs and a down node decide).
+_STATES = ("healthy", *STATE_KNOBS.values())
 _ROLE_SUMMARY = {
     "RW": "replicas_healthy",
     "WO": "replicas_rebuilding",

@@ -35,6 +35,9 @@ TEST_FILES = sorted((ALERTS / "tests").glob("*.yml"))
 FLEET_LEVEL = {
     "LonghornFleetExporterDown",
     "LonghornFleetExporterReplicaDown",
+    "LonghornFleetExporterConfigNotWatched",
+    "LonghornFleetExporterConfigReloadFailed",
+    "LonghornFleetExporterConfigMismatch",
     "LonghornFleetManyProbesFailing",
 }
 

@@ -289,7 +289,7 @@ def test_health_knobs_show_up_in_the_objects():
     stuck = [b for b in items["backups"] if b["status"]["state"] == "InProgress"]
     for backup in stuck:
         created = time.strptime(backup["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ")
-        assert NOW - calendar.timegm(created) > 2 * 3600  # in progress for hours
+        assert NOW - calendar.timegm(created) > 6 * 3600  # past LonghornBackupStuck's 6 h
     never = [v for v in volumes if v["status"]["lastBackupAt"] == ""]
     assert len(never) >= 4
     backed_up = {b["spec"]["volumeName"] for b in items["backupvolumes"]}
@@ -308,6 +308,173 @@ def test_health_knobs_show_up_in_the_objects():
     assert len(pressured) == 2
     assert all(d["storageAvailable"] < d["storageMaximum"] * 0.06 for d in pressured)
     assert all("conditions" in im["status"] for im in items["instancemanagers"])  # v1.11+
+
+
+def _epoch(stamp: str) -> float:
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _per_volume(objs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for obj in objs:
+        out.setdefault(obj["spec"]["volumeName"], []).append(obj)
+    return out
+
+
+def test_on_call_states_show_up_in_the_objects():
+    spec = ClusterSpec(
+        "on-call",
+        volumes=24,
+        nodes=4,
+        read_only_volumes=2,
+        near_capacity_volumes=2,
+        detached_failed_volumes=2,
+        unscheduled_extra_volumes=2,
+    )
+    objects = build_cluster(spec, now=NOW)
+    items, summary = objects.items, objects.summary
+    volumes = _by_name(items["volumes"])
+    engines = {e["spec"]["volumeName"]: e for e in items["engines"]}
+    replicas = _per_volume(items["replicas"])
+
+    # A read-only filesystem: the condition of a running engine, without a reason, as
+    # longhorn-manager's instance handler sets it.
+    read_only = [
+        n for n, e in engines.items() if _condition(e, "FilesystemReadOnly")["status"] == "True"
+    ]
+    assert len(read_only) == summary["volumes_read_only"] == 2
+    for name in read_only:
+        assert engines[name]["status"]["currentState"] == "running"
+        assert volumes[name]["status"]["state"] == "attached"
+        assert _condition(engines[name], "FilesystemReadOnly")["reason"] == ""
+    # Near capacity: 93-108 % of the size, the others at most 90 %.
+    full = [
+        n for n, v in volumes.items() if v["status"]["actualSize"] > 0.9 * int(v["spec"]["size"])
+    ]
+    assert len(full) == summary["volumes_near_capacity"] == 2
+    # Detached after a replica failed: robustness unknown, too few usable replicas.
+    detached_failed = [
+        n
+        for n, v in volumes.items()
+        if v["status"]["state"] == "detached" and any(r["spec"]["failedAt"] for r in replicas[n])
+    ]
+    assert len(detached_failed) == summary["volumes_detached_failed"] == 2
+    for name in detached_failed:
+        assert volumes[name]["status"]["robustness"] == "unknown"
+        usable = [r for r in replicas[name] if r["spec"]["nodeID"] and not r["spec"]["failedAt"]]
+        assert len(usable) < volumes[name]["spec"]["numberOfReplicas"]
+    # One replica more than wanted (replica auto-balance) finds no room: Scheduled False,
+    # robustness healthy, since every wanted replica is RW (longhorn/longhorn#11916).
+    extra = [n for n, v in volumes.items() if v["spec"]["replicaAutoBalance"] == "best-effort"]
+    assert len(extra) == summary["volumes_unscheduled_extra"] == 2
+    for name in extra:
+        volume = volumes[name]
+        assert volume["status"]["robustness"] == "healthy"
+        scheduled = _condition(volume, "Scheduled")
+        assert (scheduled["status"], scheduled["reason"]) == ("False", "ReplicaSchedulingFailure")
+        (unplaced,) = [r for r in replicas[name] if not r["spec"]["nodeID"]]
+        assert not unplaced["spec"]["failedAt"]
+        modes = list(engines[name]["status"]["replicaModeMap"].values())
+        assert modes.count("RW") == volume["spec"]["numberOfReplicas"] == len(replicas[name]) - 1
+
+
+def test_a_down_node_keeps_its_replicas_failed_and_their_volumes_degraded():
+    spec = ClusterSpec(
+        "down", volumes=16, nodes=4, nodes_down=1, detached_volumes=3, degraded_volumes=6, seed=10
+    )
+    items = build_cluster(spec, now=NOW).items
+    (down,) = [
+        n["metadata"]["name"] for n in items["nodes"] if _condition(n, "Ready")["status"] == "False"
+    ]
+    volumes = _by_name(items["volumes"])
+    engines = {e["spec"]["volumeName"]: e for e in items["engines"]}
+    held = [r for r in items["replicas"] if r["spec"]["nodeID"] == down]
+    attached = [
+        r for r in held if volumes[r["spec"]["volumeName"]]["status"]["state"] == "attached"
+    ]
+    assert attached and len(attached) < len(held)  # some of each
+    for replica in held:
+        volume = volumes[replica["spec"]["volumeName"]]
+        if replica not in attached:  # nothing ran there: it only cannot start
+            assert (
+                replica["status"]["currentState"] == "stopped" and not replica["spec"]["failedAt"]
+            )
+            continue
+        assert replica["spec"]["failedAt"] and replica["spec"]["desireState"] == "stopped"
+        assert replica["status"]["currentState"] == "unknown" and replica["status"]["started"]
+        modes = engines[volume["metadata"]["name"]]["status"]["replicaModeMap"]
+        assert modes[replica["metadata"]["name"]] == "ERR"
+        assert volume["status"]["robustness"] == "degraded"
+    (manager,) = [m for m in items["instancemanagers"] if m["spec"]["nodeID"] == down]
+    assert manager["status"]["currentState"] == "unknown"
+
+
+def _age_bucket(age: float) -> str:
+    if age < 1.6 * 3600:
+        return "hours"
+    if 23 * 3600 < age < 25.6 * 3600:
+        return "a day"
+    return "days" if age > 2 * 86400 else f"{age / 3600:.1f} h"
+
+
+@pytest.mark.parametrize("hours_later", [0, 5, 11, 17, 23])
+def test_backup_ages_do_not_depend_on_the_time_of_day(hours_later):
+    """The daily job runs at the hour 30-90 minutes before the build: a volume whose newest
+    backup failed or hangs was last backed up a day ago, inside the job's 24 h plus the
+    alert's 2 h of grace, at any time of day; overdue ones days ago."""
+    now = NOW + hours_later * 3600
+    spec = ClusterSpec(
+        "backups",
+        volumes=20,
+        failing_backups=2,
+        stuck_backups=1,
+        overdue_backups=1,
+        recovered_backups=2,
+        never_backed_up_volumes=2,
+    )
+    items = build_cluster(spec, now=now).items
+    (job,) = [j for j in items["recurringjobs"] if j["spec"]["task"] == "backup"]
+    assert job["spec"]["groups"] == ["default"]
+    minute, hour = (int(f) for f in job["spec"]["cron"].split()[:2])
+    backups: dict[str, list[dict]] = {}
+    for b in items["backups"]:
+        backups.setdefault(b["status"]["volumeName"], []).append(b)
+    seen = Counter()
+    for name, volume in _by_name(items["volumes"]).items():
+        if name not in backups:  # never backed up, though the default group's job applies
+            assert volume["metadata"]["labels"]["recurring-job-group.longhorn.io/default"]
+            assert now - _epoch(volume["metadata"]["creationTimestamp"]) > 26 * 3600
+            seen["never"] += 1
+            continue
+        states = {b["status"]["state"] for b in backups[name]}
+        last_done = max(
+            _epoch(b["status"]["backupCreatedAt"])
+            for b in backups[name]
+            if b["status"]["state"] == "Completed"
+        )
+        assert now - last_done > 0
+        seen[_age_bucket(now - last_done)] += 1
+        failures = [
+            _epoch(b["metadata"]["creationTimestamp"])
+            for b in backups[name]
+            if b["status"]["state"] == "Error"
+        ]
+        if failures:
+            seen[
+                "failed, nothing since" if max(failures) > last_done else "failed, done since"
+            ] += 1
+        if "InProgress" not in states and now - last_done < 2 * 86400:
+            newest = max(_epoch(b["status"]["snapshotCreatedAt"]) for b in backups[name])
+            assert (time.gmtime(newest).tm_hour, minute) == (hour, 0)
+            assert newest % 3600 < 125 and 1800 < now - newest < 5400 + 125
+    assert seen == {
+        "hours": 14,
+        "a day": 3,  # the failing and the stuck ones
+        "days": 1,
+        "never": 2,
+        "failed, nothing since": 2,
+        "failed, done since": 2,
+    }
 
 
 def test_hostile_names_reach_volumes_pvcs_and_nodes():
