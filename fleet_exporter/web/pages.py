@@ -71,7 +71,6 @@ from ..config import CLUSTER_NAME, NotServed
 from ..fleet import FLEET, ClusterRuntime, Fleet
 from ..history import ProbeRecord
 from ..longhorn.health import summarize
-from ..longhorn.records import DEFAULT_OVERDUE_AFTER
 from ..longhorn.triage import triage
 from ..longhorn.wire import parse_time
 from ..prober import Refresh
@@ -113,7 +112,7 @@ class _Derived:
         if refresh is None or refresh.state is None:
             return None
         if refresh not in self._summary:
-            s = summarize(refresh.state, DEFAULT_OVERDUE_AFTER)
+            s = summarize(refresh.state)
             self._summary[refresh] = dataclasses.asdict(s)
         return self._summary[refresh]
 
