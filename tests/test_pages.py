@@ -213,6 +213,44 @@ async def test_down_and_broken_config(env):
     assert "broken config" in page and token not in page
 
 
+async def test_a_down_cluster_shows_its_failed_refresh_past_the_ttl(tmp_path):
+    """After the failed result's TTL, the page still has the newest refresh, failed, with
+    each resource's error; the status pill says the health in words."""
+    fleet_yaml = "defaults: {cache_ttl: 200ms}\n"
+    async with started_env(tmp_path, specs()[2:3], fleet_yaml) as env:
+        for _ in range(3):
+            await env.get("/probe?cluster=gone")
+        await wait_for(lambda: env.fleet.cache.latest("gone") is None)
+        d = await api(env, "/gone")
+        assert (d["status"], d["status_label"]) == ("down", "down · critical")
+        assert d["last_refresh"]["ok"] is False
+        assert all(not r["ok"] and "cannot connect" in r["error"] for r in d["resources"].values())
+        _, page, _ = await env.get("/clusters/gone")
+        assert "No refresh" not in page
+        assert "Last refresh (<span class=\"crit\">FAILED</span>" in page
+        assert page.count("cannot connect") >= len(d["resources"])
+        assert ">down · critical</span>" in page
+        assert "calls alike" in page  # the probe log, folded
+
+
+async def test_overview_is_rendered_by_the_server_too(env):
+    """Without JavaScript, / has the table: one row per cluster, worst first, with the
+    counts of /api/clusters."""
+    await probe_all(env)
+    data = await api(env)
+    _, page, _ = await env.get("/")
+    rows = re.findall(r'<tr class="h-\w+ st-\w+" data-name="([^"]+)">', page)
+    assert rows == [c["name"] for c in data["clusters"]]
+    beta = next(c for c in data["clusters"] if c["name"] == "beta")
+    row = page.split('data-name="beta">', 1)[1].split("</tr>", 1)[0]
+    cells = dict(re.findall(r'<td data-key="(\w+)"[^>]*>(.*?)</td>', row))
+    assert cells["faulted"] == str(beta["summary"]["volumes_by_robustness"]["faulted"])
+    assert cells["unhealthy"] == str(beta["summary"]["volumes_unhealthy"])
+    assert cells["missing"] == str(beta["summary"]["replicas_missing"])
+    assert f">{beta['status_label']}</span>" in row
+    assert "4 clusters: 1 down, 3 up" in page
+
+
 # --------------------------------------------------------------------------- HTML
 
 
@@ -266,8 +304,9 @@ async def test_triage_page_shows_the_unhealthy_volumes_with_csp_and_no_inline_sc
     assert doc.inline_handlers == []
     served = served_volumes(env, "beta")
     unhealthy = {n for n, r in served.items() if r != "healthy"}
-    assert unhealthy <= set(doc.names)
-    assert not ({n for n, r in served.items() if r == "healthy"} & set(doc.names))
+    table = parse(text[text.index('<table class="triage" id="volumes">') :].split("</table>")[0])
+    assert unhealthy <= set(table.names)
+    assert not ({n for n, r in served.items() if r == "healthy"} & set(table.names))
     assert "Volumes not healthy (3)" in text
     assert '<details class="probe ok">' in text  # the probe history, with its log
     assert "Probe of cluster &#x27;beta&#x27;" in text
