@@ -227,7 +227,7 @@ async def test_a_down_cluster_shows_its_failed_refresh_past_the_ttl(tmp_path):
         assert all(not r["ok"] and "cannot connect" in r["error"] for r in d["resources"].values())
         _, page, _ = await env.get("/clusters/gone")
         assert "No refresh" not in page
-        assert "Last refresh (<span class=\"crit\">FAILED</span>" in page
+        assert 'Last refresh (<span class="crit">FAILED</span>' in page
         assert page.count("cannot connect") >= len(d["resources"])
         assert ">down · critical</span>" in page
         assert "calls alike" in page  # the probe log, folded
@@ -433,6 +433,27 @@ async def test_triage_cli_escapes_control_characters_and_reports_errors(env):
     assert code == 2 and text == ""
     code, _ = await asyncio.to_thread(run_triage, "http://127.0.0.1:9", "alpha")
     assert code == 2
+
+
+async def test_triage_cli_takes_its_width_from_columns_when_not_on_a_terminal(env, monkeypatch):
+    await probe_all(env)
+    widths = {}
+    for columns in (110, 250):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        _, text = await asyncio.to_thread(run_triage, env.url, "beta")
+        table = text.split("VOLUMES NOT HEALTHY", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+        assert re.match(
+            r"HEALTH +VOLUME / REPLICA +PVC +STATE +REPL/MODE +REBUILD +NODE +"
+            r"LAST BACKUP +WHY$",
+            table[0],
+        )  # no header is ever cut
+        widths[columns] = max(triage.width(line) for line in table)
+    assert widths[110] <= 110 < widths[250] <= 250
+    # What the counts say is the summary's, the same numbers as the pages'.
+    d = await api(env, "/beta")
+    s = d["summary"]
+    assert f"replicas missing {s['replicas_missing']}" in text
+    assert f"not healthy {s['volumes_unhealthy']}" in text
 
 
 def test_clean_and_width():
