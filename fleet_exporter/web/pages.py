@@ -46,9 +46,10 @@ JSON (keys are stable; times are Unix seconds, durations seconds, absent values 
   ``health``, ``severity``, ``refreshing`` (a refresh is running now), ``data_time`` and
   ``data_age_seconds`` (of the data the counts come from), ``last_refresh`` (``{ok,
   started_at, finished_at, duration_seconds, error}`` of the newest refresh known, a failed
-  one kept past its TTL until a refresh succeeds), ``last_probe`` (``{id, time, duration_seconds, success, source,
-  error}``), ``last_error`` (one line), ``incomplete`` (resources that did not list
-  completely) and ``summary`` (``longhorn.ClusterSummary`` as a mapping, or null).
+  one kept past its TTL until a refresh succeeds), ``last_probe`` (``{id, time,
+  duration_seconds, success, source, error}``), ``last_error`` (one line), ``incomplete``
+  (resources that did not list completely) and ``summary`` (``longhorn.ClusterSummary`` as
+  a mapping, or null).
 - ``GET /api/clusters/NAME``: a ROW plus ``settings`` (``cache_ttl``, ``max_staleness``),
   ``triage`` (``longhorn.triage.triage()``, or null without data), ``resources``
   (per resource of the newest refresh, failed or not: ``ok, objects, malformed, pages,
@@ -67,6 +68,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -1052,7 +1054,11 @@ def _overview_cell(key: str, c: dict[str, Any]) -> Html:
 
 
 def _secs(s: float) -> str:
-    return f"{s:.2f}s" if s < 10 else ago(s)
+    """As overview.js's ``secs``: JavaScript's toFixed rounds the exact binary value, a
+    half up."""
+    if s >= 10:
+        return ago(s)
+    return f"{Decimal(s).quantize(Decimal('0.01'), ROUND_HALF_UP)}s"
 
 
 def overview_page(data: dict[str, Any]) -> str:
