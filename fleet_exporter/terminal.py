@@ -607,9 +607,11 @@ def cmd_triage(args: argparse.Namespace, out=None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import build_parser
-
-    args = build_parser().parse_args(["triage", *(sys.argv[1:] if argv is None else argv)])
+    """``python -m fleet_exporter.terminal``: the same as ``fleet-exporter triage``."""
+    parser = argparse.ArgumentParser(prog="fleet-exporter")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_subcommand(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    args = parser.parse_args(["triage", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)
 
 
