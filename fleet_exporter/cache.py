@@ -10,6 +10,10 @@ lifetimes (each cluster has its own TTL and staleness bound):
 - ``good``: the latest successful result, which a probe that ran out of time may serve
   until ``max_staleness`` after it was taken.
 
+For people (the triage page), the latest result that failed is also kept past its TTL,
+until a result succeeds: a cluster that has been down for an hour shows why its last
+refresh failed. A failed result holds no data, so this costs little.
+
 All access happens on the event loop thread, so no lock is needed (cachetools' classes are
 not thread-safe).
 """
@@ -58,6 +62,8 @@ class RefreshCache(Generic[V]):
             maxsize, ttu=lambda _k, v, now: now + v.max_staleness, timer=timer
         )
         self._inflight: dict[str, asyncio.Task[V]] = {}
+        self._failed: dict[str, V] = {}  # the latest result, while it is a failure
+        self._forgotten: set[str] = set()  # forgotten while a refresh ran: keep no failure
 
     async def get(self, key: str, refresh: Callable[[], Awaitable[V]], wait: float) -> Lookup[V]:
         """The cached value for ``key``, or the result of a refresh that finishes within
@@ -81,15 +87,26 @@ class RefreshCache(Generic[V]):
             self._fresh[key] = value
             if value.ok:
                 self._good[key] = value
+                self._failed.pop(key, None)
+            else:
+                self._failed[key] = value
             return value
         finally:
             self._inflight.pop(key, None)
+            if key in self._forgotten:
+                self._forgotten.discard(key)
+                self._failed.pop(key, None)
 
     def last_good(self, key: str) -> V | None:
         return self._good.get(key)
 
     def latest(self, key: str) -> V | None:
         return self._fresh.get(key)
+
+    def newest(self, key: str) -> V | None:
+        """The latest result, successful or not, for people: the fresh one; else the
+        latest failure, kept past its TTL; else the last good one."""
+        return self._fresh.get(key) or self._failed.get(key) or self._good.get(key)
 
     def refreshing(self, key: str) -> bool:
         return key in self._inflight
@@ -99,6 +116,9 @@ class RefreshCache(Generic[V]):
         refresh still running finishes but its result is not kept beyond its own TTL."""
         self._fresh.pop(key, None)
         self._good.pop(key, None)
+        self._failed.pop(key, None)
+        if key in self._inflight:
+            self._forgotten.add(key)
 
     async def close(self) -> None:
         """Cancel refreshes still running (shutdown)."""

@@ -275,46 +275,92 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default, in words: ``(default: off)`` for a
+    switch, ``(default: none)`` where there is none; a help that says its default already
+    is left as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text  # a required positional has no default
+        if action.default is None:
+            return text + " (default: none)"
+        if action.default is False and action.nargs == 0:
+            return text + " (default: off)"
+        return text + " (default: %(default)s)"
+
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+LOG_FORMATS = ["logfmt", "json"]
+
+
+def _log_flags(p: argparse.ArgumentParser, default: bool) -> None:
+    """``--log.level`` and ``--log.format``: on the main parser with their defaults, and
+    on every subcommand without (SUPPRESS), so they are accepted after it too and only
+    override what was given before."""
+    for flag, dest, value, choices, what in (
+        (
+            "--log.level",
+            "log_level",
+            "info",
+            LOG_LEVELS,
+            "what to log: debug, info, warning or error",
+        ),
+        ("--log.format", "log_format", "logfmt", LOG_FORMATS, "log lines as logfmt or json"),
+    ):
+        p.add_argument(
+            flag,
+            dest=dest,
+            default=value if default else argparse.SUPPRESS,
+            choices=choices,
+            help=what
+            if default
+            else f"{what} (default: {value}, or as given before the subcommand)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleet-exporter",
         description="Prometheus probe exporter for Longhorn across many Kubernetes clusters.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument(
-        "--log.level",
-        dest="log_level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-    )
-    p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
-    sub = p.add_subparsers(dest="command", required=True)
+    _log_flags(p, default=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    _log_flags(common, default=False)
+    kwargs = {"parents": [common], "formatter_class": HelpFormatter}
 
     def clusters_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--clusters",
             default=os.environ.get("FLEET_EXPORTER_CLUSTERS", "clusters"),
             metavar="DIR",
-            help="directory of kubeconfigs and fleet.yaml",
+            help="directory of kubeconfigs (one per cluster) and fleet.yaml; "
+            "$FLEET_EXPORTER_CLUSTERS sets the default",
         )
 
-    def web_config_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--web.config.file",
-            dest="web_config_file",
-            metavar="FILE",
-            help="exporter-toolkit web config: TLS, client certificates, basic auth, rate "
-            "limit (re-read when it changes)",
-        )
+    def timeout_arg(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help=what)
 
-    serve = sub.add_parser("serve", help="serve /probe, /metrics, /targets and the pages")
+    serve = sub.add_parser(
+        "serve",
+        help="serve /probe, /metrics, /targets and the pages",
+        description="Serve /probe for Prometheus, the exporter's own /metrics, /targets "
+        "for HTTP service discovery, and the pages.",
+        **kwargs,
+    )
     clusters_arg(serve)
     serve.add_argument(
         "--listen",
         type=parse_listen,
-        default=parse_listen(f":{DEFAULT_PORT}"),
+        default=f":{DEFAULT_PORT}",
         metavar="HOST:PORT",
-        help=f"default :{DEFAULT_PORT} (all interfaces)",
+        help="where to listen: HOST:PORT, [IPv6]:PORT, or :PORT for all interfaces",
     )
     serve.add_argument(
         "--shutdown-timeout",
@@ -327,12 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--config.watch-interval",
         dest="watch_interval",
         type=parse_interval,
-        default=DEFAULT_INTERVAL,
+        default=f"{DEFAULT_INTERVAL:g}s",
         metavar="DURATION",
         help="check the clusters directory for changes this often and reload, as SIGHUP "
-        f"does (default {DEFAULT_INTERVAL:g}s; 0 = never)",
+        "does; 0 turns the watch off",
     )
-    web_config_arg(serve)
+    serve.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS, client certificates, basic auth, rate "
+        "limit (re-read when it changes) (default: none: plain HTTP, no authentication)",
+    )
     serve.add_argument(
         "--web.enable-lifecycle",
         dest="web_enable_lifecycle",
@@ -341,19 +393,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    probe = sub.add_parser("probe", help="probe one cluster and print its metrics")
-    probe.add_argument("cluster")
+    probe = sub.add_parser(
+        "probe",
+        help="probe one cluster and print its metrics",
+        description="Probe one cluster once, as /probe would, and print its metrics; what "
+        "the probe did goes to stderr with --debug or when it fails.",
+        **kwargs,
+    )
+    probe.add_argument("cluster", help="the cluster's name (its kubeconfig's file name)")
     clusters_arg(probe)
-    probe.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
-    probe.add_argument("--debug", action="store_true", help="also print what the probe did")
+    timeout_arg(probe, "how long the probe may take, as a scrape timeout would allow")
+    probe.add_argument(
+        "--debug", action="store_true", help="also print what the probe did, to stderr"
+    )
     probe.set_defaults(func=cmd_probe)
 
-    check = sub.add_parser("check", help="try every cluster once; one line per cluster")
+    check = sub.add_parser(
+        "check",
+        help="try every cluster once; one line per cluster",
+        description="Try every cluster of the clusters directory once, concurrently, and "
+        "print one line per cluster; exit status 1 when any fails.",
+        **kwargs,
+    )
     clusters_arg(check)
-    check.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    timeout_arg(check, "how long each cluster may take")
     check.set_defaults(func=cmd_check)
 
-    add_triage(sub)
+    add_triage(sub, **kwargs)
 
     return p
 

@@ -111,11 +111,7 @@ class Refresh:
                 + (f": {self.error}" if self.error else ""),
                 "Upstream calls:",
             ]
-            lines += [
-                f"  {c.code:>7}  {c.resource:<14} page {c.page:<4} {c.seconds:8.3f}s "
-                f"{c.bytes:>10} B" + (f"  {c.error}" if c.error else "")
-                for c in self.calls
-            ]
+            lines += _call_lines(self.calls)
             if not self.calls:
                 lines.append("  (none)")
             lines.append("Resources:")
@@ -138,6 +134,32 @@ class Refresh:
     def text(self, openmetrics: bool = False) -> bytes:
         """The rendered metrics (no ``# EOF``), inflated whole: for the one-shot CLI."""
         return inflate(self.rendered.body(openmetrics))
+
+
+def _call_lines(calls: list[Call]) -> list[str]:
+    """One line per call; failed calls with the same code and error (a cluster that
+    refuses connections fails every attempt of every list alike) are folded into one
+    line, where the first of them was, with their count and resources."""
+    failed: dict[tuple[str, str], list[Call]] = {}
+    for c in calls:
+        if c.error:
+            failed.setdefault((c.code, c.error), []).append(c)
+    lines = []
+    for c in calls:
+        same = failed.get((c.code, c.error)) if c.error else None
+        if same is None or len(same) == 1:
+            lines.append(
+                f"  {c.code:>7}  {c.resource:<14} page {c.page:<4} {c.seconds:8.3f}s "
+                f"{c.bytes:>10} B" + (f"  {c.error}" if c.error else "")
+            )
+        elif same[0] is c:
+            resources = ", ".join(dict.fromkeys(x.resource for x in same))
+            took = [x.seconds for x in same]
+            lines.append(
+                f"  {c.code:>7}  {c.resource:<14} page {c.page:<4} x{len(same)} calls alike, "
+                f"{min(took):.3f}-{max(took):.3f}s each  {c.error}  (resources: {resources})"
+            )
+    return lines
 
 
 async def refresh(

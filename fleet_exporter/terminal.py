@@ -3,7 +3,8 @@
 It asks the running exporter (``--url``, default http://localhost:9265) for
 ``/api/clusters/CLUSTER``, or ``/api/clusters`` without a cluster, so it shows exactly
 what the pages show and never talks to a cluster itself. Tables are plain text; colour
-only when stdout is a terminal (``--color`` overrides, ``NO_COLOR`` is honoured).
+only when stdout is a terminal (``--color`` overrides, ``NO_COLOR`` is honoured). The width
+is ``$COLUMNS``, else the terminal's, else 160, so a pipe can be told its width too.
 
 Cluster data is untrusted even here: control characters in names and messages (newlines,
 escape sequences that would drive the terminal) are shown as ``\\n``, ``\\x1b`` and so on.
@@ -28,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .longhorn.wire import parse_time
-from .units import DASH, ago, utc
+from .units import DASH, ago, size, utc, with_sizes
 
 DEFAULT_URL = "http://localhost:9265"
 MAX_CELL = 60  # a column never gets wider than this; the last column takes what is left
@@ -123,18 +124,34 @@ def cell(value: Any, style: str | None = None) -> Cell:
 
 
 def table(
-    st: Style, headers: Sequence[str], rows: Sequence[Sequence[Cell]], total: int, right=()
+    st: Style,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Cell]],
+    total: int,
+    right: Sequence[int] = (),
+    keep: Sequence[int] = (),
 ) -> list[str]:
     """Aligned columns. ``right`` holds indexes of right-aligned (numeric) columns. Cells
-    are cut at MAX_CELL, the last column at whatever of ``total`` is left."""
+    are cut at MAX_CELL; when the table is wider than ``total`` the widest columns give
+    way first, down to their header's width."""
     if not rows:
         return []
     n = len(headers)
     widths = [
         min(max(width(h), *(width(r[i][0]) for r in rows)), MAX_CELL) for i, h in enumerate(headers)
     ]
-    used = sum(widths[:-1]) + 2 * (n - 1)
-    widths[-1] = max(min(widths[-1], total - used), 10)
+    # Too wide for ``total``: take a column at a time from the widest, the columns in
+    # ``keep`` last, never below the header nor below 8 (a header cut to "LAST BACK…", a
+    # health cut to "criti…", say nothing).
+    floors = [max(width(h), min(w, 8)) for h, w in zip(headers, widths, strict=True)]
+    excess = sum(widths) + 2 * (n - 1) - total
+    for group in ([k for k in range(n) if k not in keep], list(keep)):
+        while excess > 0 and group:
+            i = max(group, key=lambda k: widths[k] - floors[k])
+            if widths[i] <= floors[i]:
+                break
+            widths[i] -= 1
+            excess -= 1
 
     def line(cells: Sequence[Cell], header: bool = False) -> str:
         parts = []
@@ -192,14 +209,15 @@ def render_cluster(
         rob = s["volumes_by_robustness"]
         parts = [
             f"volumes {s['volumes']}",
-            f"healthy {rob.get('healthy', 0)}",
-            st(f"degraded {rob.get('degraded', 0)}", "yellow" if rob.get("degraded") else None),
-            st(f"faulted {rob.get('faulted', 0)}", "red" if rob.get("faulted") else None),
+            f"healthy {s['volumes_healthy']}",
+            _pair(st, "not healthy", s["volumes_unhealthy"], "yellow"),
+            _pair(st, "degraded", rob.get("degraded", 0), "yellow"),
+            _pair(st, "faulted", rob.get("faulted", 0), "red"),
             f"unknown {rob.get('unknown', 0)}",
             _pair(st, "replicas missing", s["replicas_missing"], "yellow"),
             _pair(st, "backups failing", s["backups_failing"], "red"),
-            _pair(st, "overdue", s["backups_overdue"], "yellow"),
-            _pair(st, "never backed up", s["volumes_never_backed_up"], None),
+            _pair(st, "backups overdue", s["backups_overdue"], "yellow"),
+            _pair(st, "never backed up", s["volumes_never_backed_up"], "yellow"),
             st(
                 f"nodes not ready {s['nodes_not_ready']}/{s['nodes']}",
                 "red" if s["nodes_not_ready"] else None,
@@ -219,6 +237,8 @@ def render_cluster(
             add(st("not listed completely: " + ", ".join(t["incomplete"]), "yellow"))
         _section(out, st, f"NODES AND DISKS IN TROUBLE ({len(t['nodes'])})", _nodes(t, st, total))
         _section(out, st, f"VOLUMES NOT HEALTHY ({len(t['volumes'])})", _volumes(t, st, now, total))
+        _backup_sections(out, st, t, now, total)
+        _section(out, st, "REPLICAS PER NODE", _node_replicas(t, st, total))
         _section(out, st, "BACKUP TARGETS", _targets(t, st, now, total))
         _section(out, st, f"RECURRING JOBS ({len(t['recurring_jobs'])})", _jobs(t, st, total))
     failed = {r: v for r, v in d["resources"].items() if not v["ok"]}
@@ -298,12 +318,18 @@ def _volumes(t: dict[str, Any], st: Style, now: float, total: int) -> list[str]:
                 cell("" if progress is None else f"{progress:.0%}"),
                 cell(v["attached_node"] or v["owner_node"]),
                 backup,
+                cell("; ".join(v["why"]), "red"),
             ]
         )
         for r in v["replicas"]:
             failed = parse_time(r["failed_at"]) if r["failed_at"] else None
             rp = r["rebuild_progress"]
             health = r["health"] or "stopped"
+            why = [_since(failed, now, "failed")] if failed else []
+            if not r["node"]:
+                why.append("not scheduled to a node")
+            if not r["active"]:
+                why.append("inactive (not counted)")
             rows.append(
                 [
                     cell("  " + health, _REPLICA_STYLE.get(health, "dim")),
@@ -313,7 +339,8 @@ def _volumes(t: dict[str, Any], st: Style, now: float, total: int) -> list[str]:
                     cell(r["mode"] or DASH),
                     cell("" if rp is None else f"{rp:.0%}"),
                     cell(r["node"] or "unscheduled"),
-                    cell(_since(failed, now, "failed"), "red" if failed else None),
+                    cell(""),
+                    cell("; ".join(why), "red" if why else None),
                 ]
             )
     headers = [
@@ -321,19 +348,65 @@ def _volumes(t: dict[str, Any], st: Style, now: float, total: int) -> list[str]:
         "VOLUME / REPLICA",
         "PVC",
         "STATE",
-        "REPL",
+        "REPL/MODE",
         "REBUILD",
         "NODE",
         "LAST BACKUP",
+        "WHY",
     ]
-    return table(st, headers, rows, total)
+    return table(st, headers, rows, total, keep=(1, 8))
+
+
+def _overdue(s: dict[str, Any]) -> int | None:
+    """Both cases of LonghornBackupOverdue, as the overview's "Backups overdue" column."""
+    a, b = s.get("backups_overdue"), s.get("volumes_never_backed_up")
+    return None if a is None or b is None else a + b
+
+
+def _backup_sections(out: list[str], st: Style, t: dict[str, Any], now: float, total: int) -> None:
+    """What the backup counts count, a section each when there is any."""
+    sections = (
+        ("BACKUPS FAILING", "backups_failing", "FAILED", "failed_at", "ERROR", "red"),
+        ("BACKUPS OVERDUE", "backups_overdue", "LAST SUCCESS", "last_success", "ALLOWED", "yellow"),
+        ("NEVER BACKED UP", "volumes_never_backed_up", "CREATED", "created", "ALLOWED", "yellow"),
+    )
+    for title, key, when, field, last, style in sections:
+        rows = [
+            [
+                cell(b["volume"], "bold"),
+                cell(b["backup_target"]),
+                cell(f"{ago(now - b[field])} ago", style),
+                cell(b["error"] if last == "ERROR" else ago(b["allowed"])),
+            ]
+            for b in t["counted"][key] or []
+        ]
+        if rows:
+            headers = ["VOLUME", "TARGET", when, last]
+            _section(out, st, f"{title} ({len(rows)})", table(st, headers, rows, total))
+
+
+def _node_replicas(t: dict[str, Any], st: Style, total: int) -> list[str]:
+    rows = [
+        [
+            cell(n["node"], "bold"),
+            ("ready", "green") if n["ready"] else ("NOT READY", "red"),
+            cell(n["healthy"]),
+            _n(n["rebuilding"]),
+            _n(n["failed"], "red"),
+            cell(n["stopped"]),
+            cell(", ".join(n["volumes"]) if n["volumes"] is not None else ""),
+        ]
+        for n in t["node_replicas"] or []
+    ]
+    headers = ["NODE", "READY", "HEALTHY", "REBUILDING", "FAILED", "STOPPED", "VOLUMES HELD"]
+    return table(st, headers, rows, total, right=(2, 3, 4, 5))
 
 
 def _conds(conds: list[dict[str, str]]) -> str:
     return "; ".join(
         f"{c['type']} {c['status']}"
         + (f" ({c['reason']})" if c["reason"] else "")
-        + (f": {c['message']}" if c["message"] else "")
+        + (f": {with_sizes(c['message'])}" if c["message"] else "")
         for c in conds
     )
 
@@ -351,11 +424,18 @@ def _nodes(t: dict[str, Any], st: Style, total: int) -> list[str]:
         )
         for disk in n["disks"]:
             trouble = [c for c in disk["conditions"] if c["status"] != "True"]
+            used = None
+            if disk["capacity"] is not None and disk["available"] is not None:
+                used = disk["capacity"] - disk["available"]
+            figures = (
+                f"{disk['path']}: used {size(used)} of {size(disk['capacity'])}, "
+                f"scheduled {size(disk['scheduled'])}, reserved {size(disk['reserved'])}"
+            )
             rows.append(
                 [
                     cell(f"  ↳ disk {clean(disk['name'])}"),
                     cell(""),
-                    cell(disk["path"]),
+                    cell(figures),
                     cell(_conds(trouble), "yellow"),
                 ]
             )
@@ -414,11 +494,12 @@ def render_fleet(data: dict[str, Any], st: Style, total: int = 120) -> str:
                 cell(ago(c["data_age_seconds"]) if c["data_age_seconds"] is not None else DASH),
                 cell(s.get("longhorn_version") or ""),
                 cell(s.get("volumes", "")),
+                count("volumes_unhealthy", "yellow"),
                 count("degraded", "yellow", rob.get),
                 count("faulted", "red", rob.get),
                 count("replicas_missing", "yellow"),
                 count("backups_failing", "red"),
-                count("backups_overdue", "yellow"),
+                _n(_overdue(s), "yellow") if has else ("", None),
                 cell(f"{s['nodes_not_ready']}/{s['nodes']}" if has else "", None),
                 cell(c["last_error"] or "", "red"),
             ]
@@ -430,6 +511,7 @@ def render_fleet(data: dict[str, Any], st: Style, total: int = 120) -> str:
         "AGE",
         "LONGHORN",
         "VOLS",
+        "UNHEALTHY",
         "DEGR",
         "FAULT",
         "MISSING",
@@ -438,7 +520,7 @@ def render_fleet(data: dict[str, Any], st: Style, total: int = 120) -> str:
         "NODES DOWN",
         "LAST ERROR",
     ]
-    lines = table(st, headers, rows, total, right=(3, 5, 6, 7, 8, 9, 10, 11))
+    lines = table(st, headers, rows, total, right=(3, 5, 6, 7, 8, 9, 10, 11, 12), keep=(2, 13))
     by = data["by_status"]
     head = f"{len(data['clusters'])} clusters: " + ", ".join(
         f"{n} {s}" for s, n in sorted(by.items(), key=lambda kv: -kv[1])
@@ -449,23 +531,47 @@ def render_fleet(data: dict[str, Any], st: Style, total: int = 120) -> str:
 # --------------------------------------------------------------------------- command
 
 
-def add_subcommand(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``triage`` on the ``fleet-exporter`` parser (``cli.build_parser``)."""
+DESCRIPTION = (
+    "Show one cluster's triage view, or the whole fleet, as a running exporter sees it. "
+    "It asks the exporter (/api/clusters/CLUSTER, or /api/clusters), never a cluster. "
+    "Colour only on a terminal; the width is $COLUMNS, else the terminal's, else 160. "
+    "Exit status: 0 when nothing needs a person, 1 when a cluster is in warning or "
+    "critical health, 2 when the exporter cannot be asked or does not know the cluster."
+)
+
+
+def add_subcommand(sub: argparse._SubParsersAction, **kwargs: Any) -> argparse.ArgumentParser:
+    """Register ``triage`` on the ``fleet-exporter`` parser (``cli.build_parser``);
+    ``kwargs`` go to ``add_parser`` (the shared flags, the help formatter)."""
     p = sub.add_parser(
         "triage",
         help="show one cluster's triage view (or the fleet) from a running exporter",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=DESCRIPTION,
+        **kwargs,
     )
-    p.add_argument("cluster", nargs="?", help="cluster name; without it, the whole fleet")
+    p.add_argument(
+        "cluster", nargs="?", help="cluster name; without it, the whole fleet (default: none)"
+    )
     p.add_argument(
         "--url",
         default=os.environ.get("FLEET_EXPORTER_URL", DEFAULT_URL),
-        help=f"the running exporter (default {DEFAULT_URL}, or $FLEET_EXPORTER_URL)",
+        help="the running exporter to ask; $FLEET_EXPORTER_URL sets the default",
     )
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the exporter's answer",
+    )
     p.add_argument("--logs", action="store_true", help="print every recent probe's log")
-    p.add_argument("--json", action="store_true", help="print the API's JSON as is")
-    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--json", action="store_true", help="print the API's JSON as it is")
+    p.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="colour: auto is only on a terminal and not when $NO_COLOR is set",
+    )
     p.set_defaults(func=cmd_triage)
     return p
 
@@ -489,7 +595,8 @@ def cmd_triage(args: argparse.Namespace, out=None) -> int:
         color = args.color == "always" or (
             args.color == "auto" and tty and not os.environ.get("NO_COLOR")
         )
-        total = shutil.get_terminal_size((140, 40)).columns if tty else 160
+        # $COLUMNS first, then the terminal, else 160: a pipe can be told its width too.
+        total = shutil.get_terminal_size((160, 40)).columns
         st = Style(color)
         if args.cluster is not None:
             out.write(render_cluster(data, st, time.time(), total, args.logs))
@@ -500,8 +607,10 @@ def cmd_triage(args: argparse.Namespace, out=None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fleet_exporter.terminal``: the same as ``fleet-exporter triage``."""
     parser = argparse.ArgumentParser(prog="fleet-exporter")
-    add_subcommand(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_subcommand(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     args = parser.parse_args(["triage", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)
 

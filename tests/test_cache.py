@@ -141,3 +141,37 @@ async def test_close_cancels_running_refreshes():
     assert cache.refreshing("a")
     await cache.close()
     assert not cache.refreshing("a")
+
+
+async def test_newest_keeps_a_failure_past_its_ttl_until_a_success():
+    """For the triage page: a cluster down for an hour still shows why its last refresh
+    failed; a success replaces it; forgetting the cluster drops it."""
+    clock = Clock()
+    cache, up = RefreshCache(timer=clock), Upstream()
+    await cache.get("a", up, 5)  # good: n=1
+    up.ok = False
+    clock.now += 11
+    await cache.get("a", up, 5)  # failed: n=2
+    clock.now += 1000  # past the failure's TTL and the good one's staleness
+    assert cache.latest("a") is None and cache.last_good("a") is None
+    assert cache.newest("a").n == 2
+    up.ok = True
+    await cache.get("a", up, 5)
+    clock.now += 11  # the success's TTL is over; its staleness is not
+    assert cache.newest("a").n == 3
+    up.ok = False
+    clock.now += 1000
+    await cache.get("a", up, 5)
+    cache.forget("a")
+    assert cache.newest("a") is None
+
+
+async def test_a_failure_forgotten_while_refreshing_is_not_kept():
+    cache, up = RefreshCache(timer=Clock()), Upstream(ok=False)
+    up.gate = asyncio.Event()
+    task = asyncio.create_task(cache.get("a", up, 5))
+    await asyncio.sleep(0)
+    cache.forget("a")
+    up.gate.set()
+    await task
+    assert cache._failed == {}

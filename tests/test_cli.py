@@ -133,3 +133,48 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _subparsers(parser):
+    import argparse
+
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return action.choices
+
+
+def test_every_flag_has_help_with_its_default_in_plain_words():
+    from fleet_exporter.cli import HelpFormatter, build_parser
+
+    parser = build_parser()
+    commands = _subparsers(parser)
+    assert set(commands) == {"serve", "probe", "check", "triage"}
+    for name, sub in [("", parser), *commands.items()]:
+        text = sub.format_help()
+        assert "`" not in text and ":func:" not in text and "::" not in text, name
+        for action in sub._actions:
+            if action.dest in ("help", "version", "command"):
+                continue
+            assert action.help, (name, action.option_strings or action.dest)
+            shown = HelpFormatter("x")._get_help_string(action)
+            if action.option_strings or action.nargs == "?":
+                assert "(default" in shown, (name, action.option_strings, shown)
+            for flag in action.option_strings:
+                assert flag in text, (name, flag)
+    assert "(default: :9265)" in " ".join(commands["serve"].format_help().split())
+    assert "(default: clusters)" in " ".join(commands["check"].format_help().split())
+
+
+def test_global_options_are_accepted_after_the_subcommand():
+    from fleet_exporter.cli import build_parser
+
+    parser = build_parser()
+    for command in (["serve"], ["probe", "x"], ["check"], ["triage"]):
+        args = parser.parse_args([*command, "--log.level", "debug", "--log.format", "json"])
+        assert (args.log_level, args.log_format) == ("debug", "json"), command
+        args = parser.parse_args(["--log.level", "error", *command])
+        assert (args.log_level, args.log_format) == ("error", "logfmt"), command
+        args = parser.parse_args(["--log.level", "error", *command, "--log.level", "warning"])
+        assert args.log_level == "warning", command
+    r = run("check", "--clusters", "/nonexistent", "--log.format", "json")
+    assert r.returncode == 2
+    assert json.loads(r.stderr.splitlines()[-1])["level"] == "error"

@@ -2,6 +2,7 @@
 
 import asyncio
 import gzip
+import re
 import shutil
 from collections.abc import AsyncIterator
 
@@ -137,6 +138,10 @@ async def test_unreachable_cluster_fails_alone(env):
     assert value(smp, "longhorn_up") == 0
     _, text, _ = await env.get("/probe?cluster=alpha&debug=true")
     assert "cannot connect" in text
+    # Every attempt of every list failed alike: one line says so, with the count.
+    calls = text.split("Upstream calls:", 1)[1].split("Resources:", 1)[0].strip().splitlines()
+    assert len(calls) == 1, calls
+    assert re.search(r"x\d+ calls alike, .*cannot connect.*\(resources: volumes, ", calls[0])
     _, other, _ = await env.probe("delta")
     assert value(other, "probe_success") == 1
 

@@ -787,12 +787,12 @@ def test_summary_exact() -> None:
     assert s.longhorn_version == "v1.10.1"
     assert (s.volumes, s.volumes_unhealthy) == (4, 2)
     assert s.volumes_by_robustness == {"unknown": 1, "healthy": 1, "degraded": 1, "faulted": 1}
-    # good 2-2=0, bad 3-1=2, old 1-0=1 (detached: no mode), never 3-0=3
-    assert s.replicas_missing == 6
-    # bad: last success 47 h ago; old: 9 days; good: 3 h 50 min; never: no backup at all.
-    assert (s.backups_failing, s.backups_overdue, s.volumes_never_backed_up) == (1, 2, 1)
+    # good 2-2=0, bad 3-1=2, old: detached and healthy (none missing), never 3-0=3
+    assert (s.replicas_missing, s.volumes_missing_replicas) == (5, 2)
+    # bad: last success 47 h ago; old: 9 days; good: 3 h 50 min; never: no backup, but no
+    # backup job applies to it either (tests/test_counts.py has the cases).
+    assert (s.backups_failing, s.backups_overdue, s.volumes_never_backed_up) == (1, 2, 0)
     assert (s.nodes, s.nodes_not_ready, s.disks_with_trouble) == (2, 1, 1)
-    assert summarize(state, overdue_after=3600).backups_overdue == 3
     assert state.settings == {"current-longhorn-version": "v1.10.1", "backup-target": ""}
     partial = reduce_objects({"volumes": [volume("a")]}, frozenset({"volumes", "nodes"}))
     s = summarize(partial)

@@ -213,6 +213,44 @@ async def test_down_and_broken_config(env):
     assert "broken config" in page and token not in page
 
 
+async def test_a_down_cluster_shows_its_failed_refresh_past_the_ttl(tmp_path):
+    """After the failed result's TTL, the page still has the newest refresh, failed, with
+    each resource's error; the status pill says the health in words."""
+    fleet_yaml = "defaults: {cache_ttl: 200ms}\n"
+    async with started_env(tmp_path, specs()[2:3], fleet_yaml) as env:
+        for _ in range(3):
+            await env.get("/probe?cluster=gone")
+        await wait_for(lambda: env.fleet.cache.latest("gone") is None)
+        d = await api(env, "/gone")
+        assert (d["status"], d["status_label"]) == ("down", "down · critical")
+        assert d["last_refresh"]["ok"] is False
+        assert all(not r["ok"] and "cannot connect" in r["error"] for r in d["resources"].values())
+        _, page, _ = await env.get("/clusters/gone")
+        assert "No refresh" not in page
+        assert 'Last refresh (<span class="crit">FAILED</span>' in page
+        assert page.count("cannot connect") >= len(d["resources"])
+        assert ">down · critical</span>" in page
+        assert "calls alike" in page  # the probe log, folded
+
+
+async def test_overview_is_rendered_by_the_server_too(env):
+    """Without JavaScript, / has the table: one row per cluster, worst first, with the
+    counts of /api/clusters."""
+    await probe_all(env)
+    data = await api(env)
+    _, page, _ = await env.get("/")
+    rows = re.findall(r'<tr class="h-\w+ st-\w+" data-name="([^"]+)">', page)
+    assert rows == [c["name"] for c in data["clusters"]]
+    beta = next(c for c in data["clusters"] if c["name"] == "beta")
+    row = page.split('data-name="beta">', 1)[1].split("</tr>", 1)[0]
+    cells = dict(re.findall(r'<td data-key="(\w+)"[^>]*>(.*?)</td>', row))
+    assert cells["faulted"] == str(beta["summary"]["volumes_by_robustness"]["faulted"])
+    assert cells["unhealthy"] == str(beta["summary"]["volumes_unhealthy"])
+    assert cells["missing"] == str(beta["summary"]["replicas_missing"])
+    assert f">{beta['status_label']}</span>" in row
+    assert "4 clusters: 1 down, 3 up" in page
+
+
 # --------------------------------------------------------------------------- HTML
 
 
@@ -266,8 +304,9 @@ async def test_triage_page_shows_the_unhealthy_volumes_with_csp_and_no_inline_sc
     assert doc.inline_handlers == []
     served = served_volumes(env, "beta")
     unhealthy = {n for n, r in served.items() if r != "healthy"}
-    assert unhealthy <= set(doc.names)
-    assert not ({n for n, r in served.items() if r == "healthy"} & set(doc.names))
+    table = parse(text[text.index('<table class="triage" id="volumes">') :].split("</table>")[0])
+    assert unhealthy <= set(table.names)
+    assert not ({n for n, r in served.items() if r == "healthy"} & set(table.names))
     assert "Volumes not healthy (3)" in text
     assert '<details class="probe ok">' in text  # the probe history, with its log
     assert "Probe of cluster &#x27;beta&#x27;" in text
@@ -394,6 +433,27 @@ async def test_triage_cli_escapes_control_characters_and_reports_errors(env):
     assert code == 2 and text == ""
     code, _ = await asyncio.to_thread(run_triage, "http://127.0.0.1:9", "alpha")
     assert code == 2
+
+
+async def test_triage_cli_takes_its_width_from_columns_when_not_on_a_terminal(env, monkeypatch):
+    await probe_all(env)
+    widths = {}
+    for columns in (110, 250):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        _, text = await asyncio.to_thread(run_triage, env.url, "beta")
+        table = text.split("VOLUMES NOT HEALTHY", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+        assert re.match(
+            r"HEALTH +VOLUME / REPLICA +PVC +STATE +REPL/MODE +REBUILD +NODE +"
+            r"LAST BACKUP +WHY$",
+            table[0],
+        )  # no header is ever cut
+        widths[columns] = max(triage.width(line) for line in table)
+    assert widths[110] <= 110 < widths[250] <= 250
+    # What the counts say is the summary's, the same numbers as the pages'.
+    d = await api(env, "/beta")
+    s = d["summary"]
+    assert f"replicas missing {s['replicas_missing']}" in text
+    assert f"not healthy {s['volumes_unhealthy']}" in text
 
 
 def test_clean_and_width():

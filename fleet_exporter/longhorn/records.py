@@ -46,7 +46,6 @@ TRIAGE_SETTINGS = frozenset(
         "backup-target",
     }
 )
-DEFAULT_OVERDUE_AFTER = 26 * 3600.0  # a daily backup, plus slack for a slow run
 BACKUP_TASKS = frozenset({"backup", "backup-force-create"})  # recurring job tasks that back up
 DEFAULT_JOB_GROUP = "default"  # applies to volumes with no recurring-job labels at all
 # Replica health per node: a replica with a node and no mode in the active engine is

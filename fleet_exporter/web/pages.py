@@ -25,7 +25,13 @@ Status of a cluster, first match wins:
 ``health`` ranks what needs a person: ``critical`` (down, broken, a faulted volume),
 ``warning`` (stale, unhealthy volumes, missing replicas, nodes or disks in trouble, failing
 or overdue backups, resources that did not list), ``unknown`` (not probed yet) or ``ok``.
-``severity`` is one integer, higher is worse, that orders clusters worst first.
+``severity`` is one integer, higher is worse, that orders clusters worst first. The status
+pill says the health in words too (``up · critical``): colour is never the only sign.
+
+Every count is ``longhorn.health``'s, the definition of the metric or alerting rule of the
+same meaning; the cluster page opens each count to the objects it counts
+(``triage.counted``). The overview is rendered by the server too (worst first), so it says
+what matters without JavaScript; overview.js then keeps it current.
 
 JSON (keys are stable; times are Unix seconds, durations seconds, absent values null):
 
@@ -36,15 +42,18 @@ JSON (keys are stable; times are Unix seconds, durations seconds, absent values 
   the files named like kubeconfigs that are not read on purpose (backups, examples, hidden
   files); an ENTRY is ``{"what", "reason", "message"}`` (``config.NotServed``). A ROW has
   ``name``, ``labels``,
-  ``status``, ``status_text``, ``health``, ``severity``, ``refreshing`` (a refresh is
-  running now), ``data_time`` and ``data_age_seconds`` (of the data the counts come from),
-  ``last_refresh`` (``{ok, started_at, finished_at, duration_seconds, error}`` of the
-  newest refresh known), ``last_probe`` (``{id, time, duration_seconds, success, source,
-  error}``), ``last_error`` (one line), ``incomplete`` (resources that did not list
-  completely) and ``summary`` (``longhorn.ClusterSummary`` as a mapping, or null).
+  ``status``, ``status_text``, ``status_label`` (with the health: ``up · critical``),
+  ``health``, ``severity``, ``refreshing`` (a refresh is running now), ``data_time`` and
+  ``data_age_seconds`` (of the data the counts come from), ``last_refresh`` (``{ok,
+  started_at, finished_at, duration_seconds, error}`` of the newest refresh known, a failed
+  one kept past its TTL until a refresh succeeds), ``last_probe`` (``{id, time,
+  duration_seconds, success, source, error}``), ``last_error`` (one line), ``incomplete``
+  (resources that did not list completely) and ``summary`` (``longhorn.ClusterSummary`` as
+  a mapping, or null).
 - ``GET /api/clusters/NAME``: a ROW plus ``settings`` (``cache_ttl``, ``max_staleness``),
   ``triage`` (``longhorn.triage.triage()``, or null without data), ``resources``
-  (per resource: ``ok, objects, malformed, pages, seconds, error``) and ``history`` (recent
+  (per resource of the newest refresh, failed or not: ``ok, objects, malformed, pages,
+  seconds, error``) and ``history`` (recent
   probes, newest first, each a ``last_probe`` object plus ``timeout_seconds`` and ``log``).
 """
 
@@ -59,6 +68,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -66,12 +76,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import __version__
+from .. import __version__, units
 from ..config import CLUSTER_NAME, NotServed
 from ..fleet import FLEET, ClusterRuntime, Fleet
 from ..history import ProbeRecord
 from ..longhorn.health import summarize
-from ..longhorn.records import DEFAULT_OVERDUE_AFTER
 from ..longhorn.triage import triage
 from ..longhorn.wire import parse_time
 from ..prober import Refresh
@@ -113,7 +122,7 @@ class _Derived:
         if refresh is None or refresh.state is None:
             return None
         if refresh not in self._summary:
-            s = summarize(refresh.state, DEFAULT_OVERDUE_AFTER)
+            s = summarize(refresh.state)
             self._summary[refresh] = dataclasses.asdict(s)
         return self._summary[refresh]
 
@@ -205,6 +214,7 @@ def _health(status: str, summary: dict[str, Any] | None, incomplete: list[str]) 
         + n("backups_failing") * 10
         + n("disks_with_trouble") * 10
         + n("backups_overdue") * 2
+        + n("volumes_never_backed_up") * 2
         + len(incomplete) * 5
     )
     if status in ("down", "broken"):
@@ -220,6 +230,13 @@ def _health(status: str, summary: dict[str, Any] | None, incomplete: list[str]) 
     return health, HEALTH_TIER[health] * 1_000_000 + min(score, 999_999)
 
 
+def status_label(status: str, health: str) -> str:
+    """The status in words, with the health when it needs a person, so that severity is
+    said in text and not by colour alone: ``up · critical``, ``down · critical``."""
+    text = STATUS_TEXT[status]
+    return f"{text} · {health}" if health in ("critical", "warning") else text
+
+
 def cluster_row(fleet: Fleet, rt: ClusterRuntime, derived: _Derived) -> dict[str, Any]:
     """One cluster as the overview shows it (see the module docstring for the keys)."""
     name = rt.name
@@ -229,7 +246,7 @@ def cluster_row(fleet: Fleet, rt: ClusterRuntime, derived: _Derived) -> dict[str
     refreshing = fleet.cache.refreshing(name)
     status = _status(rt, latest, good, refreshing, last_probe)
     data = latest if latest is not None and latest.ok else good
-    newest = latest or good
+    newest = fleet.cache.newest(name)
     summary = derived.summary(data)
     incomplete = sorted(r for r, res in data.resources.items() if not res.ok) if data else []
     health, severity = _health(status, summary, incomplete)
@@ -244,6 +261,7 @@ def cluster_row(fleet: Fleet, rt: ClusterRuntime, derived: _Derived) -> dict[str
         "labels": dict(rt.config.labels),
         "status": status,
         "status_text": STATUS_TEXT[status],
+        "status_label": status_label(status, health),
         "health": health,
         "severity": severity,
         "refreshing": refreshing,
@@ -262,7 +280,7 @@ def cluster_detail(fleet: Fleet, rt: ClusterRuntime, derived: _Derived) -> dict[
     row = cluster_row(fleet, rt, derived)
     latest, good = fleet.cache.latest(rt.name), fleet.cache.last_good(rt.name)
     data = latest if latest is not None and latest.ok else good
-    newest = latest or good
+    newest = fleet.cache.newest(rt.name)
     s = rt.config.settings
     row["settings"] = {"cache_ttl": s.cache_ttl, "max_staleness": s.max_staleness}
     row["triage"] = derived.triage(data)
@@ -360,42 +378,178 @@ def _count(value: int | None, bad: str = "warn", title: str | None = None) -> Ht
     return el("span", str(value), class_=bad if value else "zero")
 
 
-def _summary_strip(row: dict[str, Any]) -> Html:
-    s = row["summary"]
-    if s is None:
-        return Html("")
-    rob = s["volumes_by_robustness"]
-    items = [
-        ("Volumes", el("span", str(s["volumes"]))),
-        ("Healthy", el("span", str(rob.get("healthy", 0)), class_="good")),
-        ("Degraded", _count(rob.get("degraded", 0))),
-        ("Faulted", _count(rob.get("faulted", 0), "crit")),
-        ("Unknown", _count(rob.get("unknown", 0), "plain")),
-        ("Replicas missing", _count(s["replicas_missing"])),
-        ("Backups failing", _count(s["backups_failing"], "crit")),
-        ("Backups overdue", _count(s["backups_overdue"])),
-        ("Never backed up", _count(s["volumes_never_backed_up"], "plain")),
-        (
-            "Nodes not ready",
-            join([_count(s["nodes_not_ready"], "crit"), f"/{s['nodes']}"]),
-        ),
-        ("Disks in trouble", _count(s["disks_with_trouble"])),
-    ]
-    return el(
-        "dl",
-        *(join([el("dt", label), el("dd", value)]) for label, value in items),
-        class_="strip",
+def size(n: float | None) -> Html:
+    """Bytes in binary units, the exact number on hover."""
+    if n is None:
+        return el("span", DASH, class_="dim")
+    return el("span", units.size(n), title=units.exact_bytes(n), class_="size")
+
+
+def with_sizes(text: str) -> Html:
+    """Text from a cluster with each byte count in it said in binary units, the exact
+    number on hover (Longhorn's disk messages say ``Scheduled 4386235351040``)."""
+    return join(
+        el("span", t, title=units.exact_bytes(n), class_="size") if n is not None else t
+        for t, n in units.split_sizes(text)
     )
+
+
+def _allowed(seconds: float) -> str:
+    return f"allowed {ago(seconds)}"
+
+
+def _counted_items(key: str, items: list[Any], now: float) -> list[Html]:
+    """One list item per object a count counts (``triage.counted``)."""
+    if key == "replicas_missing":
+        return [
+            el(
+                "li",
+                el("span", m["volume"], class_="name"),
+                f": {m['missing']} missing, {m['healthy']} of {m['desired']} healthy",
+                f", {m['rebuilding']} rebuilding" if m["rebuilding"] else "",
+                data_object=m["volume"],
+                data_n=str(m["missing"]),
+            )
+            for m in items
+        ]
+    if key == "backups_failing":
+        return [
+            el(
+                "li",
+                el("span", b["volume"], class_="name"),
+                f" → {b['backup_target']}: failed ",
+                when(b["failed_at"], now),
+                el("div", b["error"], class_="msg") if b["error"] else "",
+                data_object=f"{b['volume']}/{b['backup_target']}",
+            )
+            for b in items
+        ]
+    if key == "backups_overdue":
+        return [
+            el(
+                "li",
+                el("span", b["volume"], class_="name"),
+                f" → {b['backup_target']}: last success ",
+                when(b["last_success"], now),
+                f" ({_allowed(b['allowed'])})",
+                data_object=f"{b['volume']}/{b['backup_target']}",
+            )
+            for b in items
+        ]
+    if key == "volumes_never_backed_up":
+        return [
+            el(
+                "li",
+                el("span", b["volume"], class_="name"),
+                f" → {b['backup_target'] or 'default'}: created ",
+                when(b["created"], now),
+                f", no backup completed ({_allowed(b['allowed'])})",
+                data_object=b["volume"],
+            )
+            for b in items
+        ]
+    if key == "disks_with_trouble":
+        return [
+            el("li", el("span", f"{d['node']} / {d['disk']}", class_="name"), data_object=d["disk"])
+            for d in items
+        ]
+    return [el("li", el("span", name, class_="name"), data_object=name) for name in items]
+
+
+# The summary strip of the cluster page: label, key in the summary (and in
+# ``triage.counted``), colour when not 0, what it counts (the tooltip).
+STRIP: tuple[tuple[str, str, str, str], ...] = (
+    ("Healthy", "volumes_healthy", "good", "longhorn_volume_healthy 1: needs nothing"),
+    ("Not healthy", "volumes_unhealthy", "warn", "longhorn_volume_healthy 0"),
+    ("Degraded", "rob:degraded", "warn", "robustness degraded"),
+    ("Faulted", "rob:faulted", "crit", "robustness faulted"),
+    ("Unknown", "rob:unknown", "plain", "robustness unknown: a detached volume reads unknown"),
+    (
+        "Replicas missing",
+        "replicas_missing",
+        "warn",
+        "healthy replicas fewer than desired, summed over volumes (a healthy detached volume "
+        "has all it needs)",
+    ),
+    (
+        "Backups failing",
+        "backups_failing",
+        "crit",
+        "volume/target pairs whose newest failure is newer than the volume's newest "
+        "completed backup (LonghornBackupFailed)",
+    ),
+    (
+        "Backups overdue",
+        "backups_overdue",
+        "warn",
+        "volume/target pairs whose last success is older than the volume's backup job "
+        "interval + 2 h, or 26 h without a job (LonghornBackupOverdue)",
+    ),
+    (
+        "Never backed up",
+        "volumes_never_backed_up",
+        "warn",
+        "volumes a backup job applies to, with no completed backup, older than the job "
+        "interval + 2 h (LonghornBackupOverdue)",
+    ),
+    ("Nodes not ready", "nodes_not_ready", "crit", "Longhorn nodes whose Ready is not True"),
+    ("Disks in trouble", "disks_with_trouble", "warn", "disks not Ready or not Schedulable"),
+)
+
+
+def _summary_strip(row: dict[str, Any], now: float) -> Html:
+    """Each count of the summary, and the objects it counts when opened."""
+    s, t = row["summary"], row["triage"]
+    if s is None or t is None:
+        return Html("")
+    counted = t["counted"]
+    items = [
+        el(
+            "div",
+            el("span", "Volumes", class_="what"),
+            el("span", str(s["volumes"]), class_="n", data_count="volumes"),
+            class_="count total",
+        )
+    ]
+    for label, key, bad, title in STRIP:
+        if key.startswith("rob:"):
+            state = key[4:]
+            value, objects = (
+                s["volumes_by_robustness"][state],
+                counted["volumes_by_robustness"][state],
+            )
+            key = f"volumes_{state}"
+        else:
+            value, objects = s[key], counted[key]
+        number = _count(value, bad)
+        if key == "nodes_not_ready":
+            number = join([number, el("span", f"/{s['nodes']}", class_="dim")])
+        head = el(
+            "summary",
+            el("span", label, class_="what"),
+            el("span", number, class_="n", data_count=key),
+            title=title,
+        )
+        if objects is None:
+            body = el("p", "not known: a resource it needs did not list", class_="none")
+        elif not objects:
+            body = el("p", "none", class_="none")
+        else:
+            body = el("ul", *_counted_items(key, objects, now))
+        items.append(el("details", head, body, class_="count", data_key=key))
+    return el("div", *items, class_="strip", id="counts")
 
 
 def _flag(ok: bool, good: str, bad: str) -> Html:
     return el("span", good, class_="good") if ok else el("span", bad, class_="crit")
 
 
-def _table(headers: list[str], rows: list[Html], empty: str, **attrs: Any) -> Html:
+def _table(headers: list[Any], rows: list[Html], empty: str, **attrs: Any) -> Html:
+    """``headers`` are texts or (text, tooltip) pairs."""
     if not rows:
         return el("p", empty, class_="none")
-    head = el("thead", el("tr", *(el("th", h) for h in headers)))
+    cells = (el("th", *h[:1], title=h[1]) if isinstance(h, tuple) else el("th", h) for h in headers)
+    head = el("thead", el("tr", *cells))
     return el("table", head, el("tbody", *rows), **attrs)
 
 
@@ -406,7 +560,7 @@ def _conditions(conds: list[dict[str, str]]) -> Html:
             el("b", c["type"]),
             f" {c['status']}",
             f" · {c['reason']}" if c["reason"] else "",
-            el("span", f" {c['message']}", class_="msg") if c["message"] else "",
+            el("span", " ", with_sizes(c["message"]), class_="msg") if c["message"] else "",
             class_="cond",
         )
         for c in conds
@@ -414,6 +568,20 @@ def _conditions(conds: list[dict[str, str]]) -> Html:
 
 
 _ROBUSTNESS_ORDER = {"faulted": 0, "degraded": 1, "unknown": 2, "healthy": 3}
+
+
+def _last_backup(v: dict[str, Any], now: float) -> list[Any]:
+    lb = v["last_backup"]
+    if lb is None:
+        backup: list[Any] = [el("span", "no backup", class_="dim")]
+    else:
+        cls = {"Completed": "good", "Error": "crit"}.get(lb["state"], "warn")
+        backup = [el("span", lb["state"], class_=cls), " ", when(lb["time"], now)]
+        if lb["error"]:
+            backup.append(el("div", lb["error"], class_="msg"))
+    if v["last_successful_backup"] is not None and (lb is None or lb["state"] != "Completed"):
+        backup += [el("div", "last good ", when(v["last_successful_backup"], now))]
+    return backup
 
 
 def _volumes_section(triage: dict[str, Any], now: float) -> Html:
@@ -424,44 +592,34 @@ def _volumes_section(triage: dict[str, Any], now: float) -> Html:
     rows = []
     for v in volumes:
         desired, healthy = v["replicas_desired"], v["replicas_healthy"]
-        replicas = f"{'?' if healthy is None else healthy}/{desired}"
-        lb = v["last_backup"]
-        backup: list[Any] = []
-        if lb is not None:
-            cls = {"Completed": "good", "Error": "crit"}.get(lb["state"], "warn")
-            backup = [el("span", lb["state"], class_=cls), " ", when(lb["time"], now)]
-            if lb["error"]:
-                backup.append(el("div", lb["error"], class_="msg"))
-        else:
-            backup = [el("span", "no backup", class_="dim")]
-        if v["last_successful_backup"] is not None and (lb is None or lb["state"] != "Completed"):
-            backup += [el("div", "last good ", when(v["last_successful_backup"], now))]
+        replicas = f"{'?' if healthy is None else healthy}/{'?' if desired is None else desired}"
         pvc = f"{v['pvc_namespace']}/{v['pvc']}" if v["pvc"] else ""
+        why = [el("div", reason, class_="why") for reason in v["why"]]
         rows.append(
             el(
                 "tr",
                 el("td", el("span", v["robustness"], class_=f"badge rob-{v['robustness']}")),
                 el("td", el("span", v["name"], class_="name"), el("div", pvc, class_="msg")),
                 el("td", v["state"]),
-                el("td", replicas, class_="num"),
+                el("td", replicas, class_="num", title="healthy / desired replicas"),
                 el("td", _progress(v["rebuild_progress"])),
                 el("td", v["attached_node"] or v["owner_node"] or DASH),
-                el("td", *backup),
-                el("td", _conditions([c for c in v["conditions"] if _bad_condition(c)])),
+                el("td", *_last_backup(v, now)),
+                el("td", *why, _conditions([c for c in v["conditions"] if _bad_condition(c)])),
                 class_=f"vol rob-{v['robustness']}",
             )
         )
         rows.extend(_replica_row(r, now, down) for r in v["replicas"])
     return _table(
         [
-            "Robustness",
-            "Volume / PVC",
-            "State",
-            "Replicas",
+            ("Health", "volume robustness; replica health (healthy, rebuilding, failed, ...)"),
+            "Volume / PVC · replica",
+            ("State", "volume state; replica state"),
+            ("Replicas · mode", "volume: healthy / desired replicas; replica: its engine mode"),
             "Rebuild",
-            "Node",
-            "Last backup",
-            "Why",
+            ("Node", "volume: attached (or owner) node; replica: its node"),
+            ("Last backup", "the volume's newest backup, any target"),
+            ("Why", "why the volume is not healthy; for a replica, why it is not healthy"),
         ],
         rows,
         "Every volume is healthy.",
@@ -490,6 +648,15 @@ def _replica_row(r: dict[str, Any], now: float, down_nodes: set[str]) -> Html:
     failed = parse_time(r["failed_at"]) if r["failed_at"] else None
     health = r["health"] or "stopped"
     cls = {"healthy": "good", "rebuilding": "warn", "failed": "crit", "unscheduled": "crit"}
+    why: list[Any] = []
+    if failed is not None:
+        why.append(el("div", "failed ", when(failed, now), class_="crit"))
+    if not r["node"]:
+        why.append(el("div", "not scheduled to a node", class_="crit"))
+    elif r["node"] in down_nodes:
+        why.append(el("div", "its node is not ready", class_="crit"))
+    if not r["active"]:
+        why.append(el("div", "inactive (not counted)", class_="dim"))
     return el(
         "tr",
         el("td", el("span", health, class_=cls.get(health, "dim"))),
@@ -501,46 +668,93 @@ def _replica_row(r: dict[str, Any], now: float, down_nodes: set[str]) -> Html:
             "td",
             r["node"] or "unscheduled",
             class_="crit" if not r["node"] or r["node"] in down_nodes else None,
-            title="node not ready" if r["node"] in down_nodes else None,
-        ),
-        el(
-            "td",
-            join(["failed ", when(failed, now)]) if failed is not None else "",
-            "" if r["active"] else el("span", " inactive", class_="dim"),
         ),
         el("td", ""),
+        el("td", *why),
         class_="replica",
     )
 
 
+def _disk(d: dict[str, Any]) -> Html:
+    used = None
+    if d["capacity"] is not None and d["available"] is not None:
+        used = d["capacity"] - d["available"]
+    figures = [
+        ("used", used),
+        ("of", d["capacity"]),
+        ("· scheduled", d["scheduled"]),
+        ("· reserved", d["reserved"]),
+    ]
+    return el(
+        "div",
+        el("span", d["name"], class_="name"),
+        f" {d['path']} ",
+        el("span", *(join([f" {w} ", size(n)]) for w, n in figures), class_="figures"),
+        _conditions([c for c in d["conditions"] if c["status"] != "True"]),
+        class_="disk",
+    )
+
+
 def _nodes_section(triage: dict[str, Any]) -> Html:
-    rows = []
-    for n in triage["nodes"]:
-        disks = join(
-            el(
-                "div",
-                el("span", d["name"], class_="name"),
-                f" {d['path']} ",
-                _conditions([c for c in d["conditions"] if c["status"] != "True"]),
-                class_="disk",
-            )
-            for d in n["disks"]
+    rows = [
+        el(
+            "tr",
+            el("td", el("span", n["name"], class_="name")),
+            el("td", _flag(n["ready"], "ready", "NOT READY")),
+            el("td", "yes" if n["allow_scheduling"] else el("span", "disabled", class_="warn")),
+            el("td", _conditions(n["conditions"])),
+            el("td", *(_disk(d) for d in n["disks"])),
         )
-        rows.append(
-            el(
-                "tr",
-                el("td", el("span", n["name"], class_="name")),
-                el("td", _flag(n["ready"], "ready", "NOT READY")),
-                el("td", "yes" if n["allow_scheduling"] else el("span", "disabled", class_="warn")),
-                el("td", _conditions(n["conditions"])),
-                el("td", disks),
-            )
-        )
+        for n in triage["nodes"]
+    ]
     return _table(
         ["Node", "Ready", "Scheduling", "Conditions not true", "Disks in trouble"],
         rows,
         "All nodes and disks are fine.",
         id="nodes",
+    )
+
+
+def _node_replicas_section(triage: dict[str, Any]) -> Html:
+    per_node = triage["node_replicas"]
+    if per_node is None:
+        return el("p", "Not known: replicas, engines or nodes did not list.", class_="none")
+    rows = []
+    for n in per_node:
+        held: Html | str = ""
+        if n["volumes"] is not None:
+            held = el(
+                "details",
+                el("summary", f"held replicas of {len(n['volumes'])} volumes"),
+                el("ul", *(el("li", el("span", v, class_="name")) for v in n["volumes"])),
+                class_="held",
+            )
+        rows.append(
+            el(
+                "tr",
+                el("td", el("span", n["node"], class_="name")),
+                el("td", _flag(n["ready"], "ready", "NOT READY")),
+                el("td", str(n["healthy"]), class_="num"),
+                el("td", _count(n["rebuilding"]), class_="num"),
+                el("td", _count(n["failed"], "crit"), class_="num"),
+                el("td", str(n["stopped"]), class_="num"),
+                el("td", held),
+                data_node=n["node"],
+            )
+        )
+    return _table(
+        [
+            "Node",
+            "Ready",
+            ("Healthy", "active replicas in mode RW"),
+            ("Rebuilding", "active replicas in mode WO"),
+            ("Failed", "active replicas in mode ERR or with failedAt set"),
+            ("Stopped", "active replicas with no mode: their volume is not attached"),
+            ("Volumes held", "for a node that is not ready: the volumes it held replicas of"),
+        ],
+        rows,
+        "No Longhorn node.",
+        id="node-replicas",
     )
 
 
@@ -602,8 +816,17 @@ def _resources_section(res: dict[str, dict[str, Any]]) -> Html:
     return _table(
         ["Resource", "Listed", "Objects", "Pages", "Took", "Error"],
         rows,
-        "No refresh yet.",
+        "No refresh since the exporter started.",
         id="resources",
+    )
+
+
+def _resources_title(last: dict[str, Any] | None, now: float) -> Html:
+    if last is None:
+        return Html("Last refresh, per resource")
+    verdict = el("span", "ok", class_="good") if last["ok"] else el("span", "FAILED", class_="crit")
+    return join(
+        ["Last refresh (", verdict, ", ", when(last["finished_at"], now), "), per resource"]
     )
 
 
@@ -670,6 +893,8 @@ def _triage_body(triage: dict[str, Any], now: float) -> Html:
             _nodes_section(triage),
             el("h2", f"Volumes not healthy ({len(triage['volumes'])})", id="volumes-h"),
             _volumes_section(triage, now),
+            el("h2", "Replicas per node", id="node-replicas-h"),
+            _node_replicas_section(triage),
             el("h2", "Backup targets", id="targets-h"),
             _targets_section(triage, now),
             el("h2", f"Recurring jobs ({len(triage['recurring_jobs'])})", id="jobs-h"),
@@ -708,7 +933,7 @@ def cluster_page(detail: dict[str, Any], now: float) -> str:
         v=_static_version(),
         status=el(
             "span",
-            detail["status_text"],
+            detail["status_label"],
             class_=f"badge st-{detail['status']} h-{detail['health']}",
             id="status",
         ),
@@ -718,14 +943,163 @@ def cluster_page(detail: dict[str, Any], now: float) -> str:
         refreshed=refreshed,
         error=el("p", error, class_="error", id="last-error") if error else Html(""),
         notice=_notices(detail, now),
-        strip=_summary_strip(detail),
+        strip=_summary_strip(detail, now),
         body=body,
+        resources_title=_resources_title(last, now),
         resources=_resources_section(detail["resources"]),
         history_count=str(len(detail["history"])),
         history=_history_section(detail["history"], now),
         probe_link=f"../probe?cluster={name}&debug=true",
         api_link=f"../api/clusters/{name}",
         generated=utc(now),
+    )
+
+
+# --------------------------------------------------------------------------- overview
+
+# The overview's columns: key (overview.js has the same keys), header, tooltip, numeric.
+OVERVIEW_COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
+    ("status", "Status", "Worst first: down, broken config, faulted volumes, then warnings", False),
+    ("name", "Cluster", "", False),
+    ("age", "Age", "Age of the data the counts come from", True),
+    ("refresh", "Refresh", "How long the last refresh of this cluster took", True),
+    ("version", "Version", "Longhorn version", False),
+    ("volumes", "Volumes", "", True),
+    ("unhealthy", "Not healthy", "Volumes with longhorn_volume_healthy 0", True),
+    ("degraded", "Degr.", "Volumes with robustness degraded", True),
+    ("faulted", "Faulted", "Volumes with robustness faulted", True),
+    (
+        "missing",
+        "Repl. missing",
+        "Healthy replicas fewer than desired, summed over volumes (a healthy detached "
+        "volume has all it needs)",
+        True,
+    ),
+    (
+        "failing",
+        "Backups failing",
+        "Volume/target pairs whose newest failure is newer than the volume's newest "
+        "completed backup (LonghornBackupFailed)",
+        True,
+    ),
+    (
+        "overdue",
+        "Backups overdue",
+        "What LonghornBackupOverdue counts: volume/target pairs whose last success is too "
+        "old, plus volumes never backed up though a backup job applies",
+        True,
+    ),
+    ("nodes", "Nodes down", "Nodes not ready / nodes", True),
+    ("disks", "Disks", "Disks not Ready or not Schedulable", True),
+    ("error", "Last error", "", False),
+)
+
+
+def _overdue(s: dict[str, Any]) -> int | None:
+    """The overview's "Backups overdue": both cases of LonghornBackupOverdue."""
+    a, b = s["backups_overdue"], s["volumes_never_backed_up"]
+    return None if a is None or b is None else a + b
+
+
+def _overview_cell(key: str, c: dict[str, Any]) -> Html:
+    """One cell of the overview, as overview.js writes it (keep the two alike)."""
+    s = c["summary"]
+    numeric = {k: n for k, _, _, n in OVERVIEW_COLUMNS}[key]
+    attrs: dict[str, Any] = {"data_key": key, "class_": "num" if numeric else None}
+    if key == "status":
+        badge = el("span", c["status_label"], class_=f"badge st-{c['status']} h-{c['health']}")
+        return el("td", badge, title=c["health"], **attrs)
+    if key == "name":
+        labels = " ".join(f"{k}={v}" for k, v in c["labels"].items())
+        return el("td", el("a", c["name"], href=f"clusters/{c['name']}"), title=labels, **attrs)
+    if key == "age":
+        warn = " warn" if c["status"] == "stale" else ""
+        r = c["last_refresh"]
+        took = f"last refresh took {_secs(r['duration_seconds'])}" if r else None
+        return el("td", ago(c["data_age_seconds"]), data_key=key, class_="num" + warn, title=took)
+    if key == "refresh":
+        r = c["last_refresh"]
+        text = (_secs(r["duration_seconds"]) if r else DASH) + (" ⟳" if c["refreshing"] else "")
+        return el("td", text, **attrs)
+    if key == "error":
+        return el(
+            "td", c["last_error"] or "", title=c["last_error"] or "", data_key=key, class_="err"
+        )
+    if s is None:
+        return el("td", "", **attrs)
+    rob = s["volumes_by_robustness"]
+    counts = {
+        "unhealthy": (s["volumes_unhealthy"], "warn"),
+        "degraded": (rob["degraded"], "warn"),
+        "faulted": (rob["faulted"], "crit"),
+        "missing": (s["replicas_missing"], "warn"),
+        "failing": (s["backups_failing"], "crit"),
+        "overdue": (_overdue(s), "warn"),
+        "nodes": (s["nodes_not_ready"], "crit"),
+        "disks": (s["disks_with_trouble"], "warn"),
+    }
+    if key == "version":
+        return el("td", s["longhorn_version"] or "", **attrs)
+    if key == "volumes":
+        return el("td", str(s["volumes"]), **attrs)
+    value, bad = counts[key]
+    text = "?" if value is None else str(value)
+    if key == "nodes":
+        text += f"/{s['nodes']}"
+    cls = "num dim" if value is None else f"num {bad}" if value else "num zero"
+    title = None
+    if key == "overdue" and value is not None:
+        title = f"{s['backups_overdue']} overdue, {s['volumes_never_backed_up']} never backed up"
+    return el("td", text, data_key=key, class_=cls, title=title)
+
+
+def _secs(s: float) -> str:
+    """As overview.js's ``secs``: JavaScript's toFixed rounds the exact binary value, a
+    half up."""
+    if s >= 10:
+        return ago(s)
+    return f"{Decimal(s).quantize(Decimal('0.01'), ROUND_HALF_UP)}s"
+
+
+def overview_page(data: dict[str, Any]) -> str:
+    """The overview as the server renders it: the whole table, worst first, so the page
+    says what matters without JavaScript; overview.js then keeps it current, sortable and
+    filterable."""
+    head = el(
+        "tr",
+        *(
+            el("th", header, data_key=key, class_="num" if num else None, title=title or None)
+            for key, header, title, num in OVERVIEW_COLUMNS
+        ),
+    )
+    body = [
+        el(
+            "tr",
+            *(_overview_cell(key, c) for key, _, _, _ in OVERVIEW_COLUMNS),
+            class_=f"h-{c['health']} st-{c['status']}",
+            data_name=c["name"],
+        )
+        for c in data["clusters"]
+    ]
+    by_status, by_health = data["by_status"], data["by_health"]
+    order = ["down", "broken", "stale", "unprobed", "up"]
+    counts = f"{len(data['clusters'])} clusters: " + ", ".join(
+        f"{by_status[s]} {STATUS_TEXT[s]}" for s in order if by_status.get(s)
+    )
+    counts += f" · {by_health.get('critical', 0)} critical, {by_health.get('warning', 0)} warning"
+    problems = join(
+        el("p", f"{p['what']}: {p['message']} (not served)", class_="notice warn problem")
+        for p in data["problems"]
+    )
+    return render(
+        "overview.html",
+        static=Html("static"),
+        v=_static_version(),
+        counts=counts,
+        problems=problems,
+        head=head,
+        rows=join(body),
+        updated=f"as of {utc(data['generated_at'])}",
     )
 
 
@@ -764,7 +1138,7 @@ def _dumps(data: Any) -> str:
 
 
 async def handle_overview(request: web.Request) -> web.Response:
-    return _page(render("overview.html", static=Html("static"), v=_static_version()))
+    return _page(overview_page(fleet_overview(request.app[FLEET], request.app[DERIVED])))
 
 
 async def handle_cluster(request: web.Request) -> web.Response:

@@ -2,6 +2,9 @@
 // The fleet overview: fetch api/clusters every few seconds and update the table in place
 // (rows are keyed by cluster name and moved, not rebuilt, so 500 clusters stay cheap and a
 // selection survives a refresh). Everything from a cluster is written with textContent.
+// The server renders the same table (pages.overview_page, keep the cells alike), so the
+// page says what matters before this runs, or without JavaScript; the first answer
+// replaces those rows.
 (() => {
   const body = document.body;
   const API = new URL(body.dataset.api, document.baseURI);
@@ -32,14 +35,21 @@
     text: (c) => (get(c) === null || get(c) === undefined ? (c.summary ? "?" : "") : String(get(c))),
     cls: (c) => (get(c) === null || get(c) === undefined ? "num dim" : get(c) ? "num " + bad : "num zero"),
   });
+  // Both cases of LonghornBackupOverdue: pairs overdue, volumes never backed up.
+  const overdue = (c) => {
+    const s = c.summary;
+    if (!s || s.backups_overdue === null || s.volumes_never_backed_up === null) return null;
+    return s.backups_overdue + s.volumes_never_backed_up;
+  };
 
   const COLUMNS = {
-    status: { value: (c) => c.severity, desc: true, text: (c) => c.status_text, badge: true },
+    status: { value: (c) => c.severity, desc: true, text: (c) => c.status_label, badge: true },
     name: { value: (c) => c.name, text: (c) => c.name, link: true },
     age: {
       value: (c) => c.data_age_seconds, desc: true, num: true,
       text: (c) => ago(c.data_age_seconds),
       cls: (c) => "num" + (c.status === "stale" ? " warn" : ""),
+      title: (c) => (c.last_refresh ? "last refresh took " + secs(c.last_refresh.duration_seconds) : ""),
     },
     refresh: {
       value: (c) => (c.last_refresh ? c.last_refresh.duration_seconds : null), desc: true, num: true,
@@ -48,19 +58,21 @@
     },
     version: { value: (c) => (c.summary ? c.summary.longhorn_version : null), text: (c) => (c.summary && c.summary.longhorn_version) || "", version: true },
     volumes: { value: sum("volumes"), desc: true, num: true, text: (c) => (c.summary ? String(c.summary.volumes) : ""), cls: () => "num" },
-    healthy: { value: rob("healthy"), desc: true, num: true, text: (c) => (c.summary ? String(rob("healthy")(c)) : ""), cls: () => "num" },
+    unhealthy: count(sum("volumes_unhealthy"), "warn"),
     degraded: count(rob("degraded"), "warn"),
     faulted: count(rob("faulted"), "crit"),
-    unknown: count(rob("unknown"), "plain"),
     missing: count(sum("replicas_missing"), "warn"),
     failing: count(sum("backups_failing"), "crit"),
-    overdue: count(sum("backups_overdue"), "warn"),
+    overdue: {
+      ...count(overdue, "warn"),
+      title: (c) => (overdue(c) === null ? "" : c.summary.backups_overdue + " overdue, " + c.summary.volumes_never_backed_up + " never backed up"),
+    },
     nodes: {
       ...count(sum("nodes_not_ready"), "crit"),
       text: (c) => (c.summary ? c.summary.nodes_not_ready + "/" + c.summary.nodes : ""),
     },
     disks: count(sum("disks_with_trouble"), "warn"),
-    error: { value: (c) => c.last_error, text: (c) => c.last_error || "", cls: () => "err" },
+    error: { value: (c) => c.last_error, text: (c) => c.last_error || "", cls: () => "err", title: (c) => c.last_error || "" },
   };
   const KEYS = [...table.tHead.rows[0].cells].map((th) => th.dataset.key);
 
@@ -166,7 +178,7 @@
       } else {
         set(td, "textContent", text);
         set(td, "className", col.cls ? col.cls(c) : "");
-        if (key === "error") set(td, "title", c.last_error || "");
+        if (col.title) set(td, "title", col.title(c));
       }
     });
   };
@@ -250,6 +262,7 @@
       const r = await fetch(API, { headers: { Accept: "application/json" }, cache: "no-store" });
       if (!r.ok) throw new Error("HTTP " + r.status);
       const data = await r.json();
+      if (!body.dataset.loaded) tbody.replaceChildren(); // the server's rows, now replaced
       clusters = data.clusters;
       renderCounts(data);
       renderProblems(data);
