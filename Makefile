@@ -19,7 +19,7 @@ TEST_TOOLS := prometheus=prometheus promtool=prometheus \
 # What `make image-test` builds and runs the container image with.
 IMAGE_TOOLS := debootstrap=debootstrap buildah=buildah podman=podman runc=runc
 
-.PHONY: demo test test-tools image-test lint format generate bench bench-faults clean
+.PHONY: demo test test-tools image-test lint format generate bench bench-faults soak clean
 
 # Debian's python3 makes virtual environments only with python3-venv (ensurepip).
 $(STAMP): pyproject.toml
@@ -67,6 +67,10 @@ image-test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The soak tests for ten minutes (`make test` runs them for one).
+soak: $(STAMP) test-tools
+	SOAK_SECONDS=600 $(BIN)/pytest -q -p no:cacheprovider tests/test_soak.py tests/test_soak_prometheus.py
 
 # The fault-at-scale benchmark (docs/architecture.md, "Isolation"): ~15 minutes.
 bench-faults: $(STAMP)
