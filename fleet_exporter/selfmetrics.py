@@ -109,6 +109,14 @@ class SelfMetrics:
             ["cluster", "result"],
             registry=r,
         )
+        self.probes_in_flight = Gauge(
+            "fleet_exporter_probes_in_flight", "Probes being answered now.", registry=r
+        )
+        self.probes_in_flight_limit = Gauge(
+            "fleet_exporter_probes_in_flight_limit",
+            "Probes answered at once; past this a probe gets 503 (server.max_concurrent_probes).",
+            registry=r,
+        )
         self.refreshes_in_flight = Gauge(
             "fleet_exporter_refreshes_in_flight", "Upstream refreshes running now.", registry=r
         )

@@ -418,6 +418,7 @@ async def test_probe_limit_answers_503_at_once(tmp_path):
         assert "too many probes in flight (limit 2)" in refused
         _, metrics, _ = await e.get("/metrics")
         assert 'fleet_exporter_requests_rejected_total{reason="overloaded"} 4.0' in metrics
+        assert "fleet_exporter_probes_in_flight_limit 2.0" in metrics  # a number wins
 
 
 async def test_request_bodies_are_bounded(env):

@@ -155,7 +155,9 @@ def create_app(
     )
     app[FLEET] = fleet
     app[ENABLE_LIFECYCLE] = enable_lifecycle
-    app[PROBE_SLOTS] = ProbeSlots(200)
+    slots = app[PROBE_SLOTS] = ProbeSlots(fleet)
+    fleet.metrics.probes_in_flight.set_function(lambda: slots.busy)
+    fleet.metrics.probes_in_flight_limit.set_function(lambda: slots.limit)
 
     async def lifecycle(app: web.Application):
         watch = None
@@ -165,8 +167,6 @@ def create_app(
             )
             await watch.baseline()
         await fleet.start()
-        assert fleet.config is not None
-        app[PROBE_SLOTS].limit = fleet.config.server.max_concurrent_probes
         watching = asyncio.create_task(watch.run(), name="watch") if watch else None
         yield
         if watching is not None:
