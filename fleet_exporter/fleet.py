@@ -292,7 +292,7 @@ class Fleet:
         """Data for one probe: cached, refreshed within ``wait`` seconds, or stale."""
         lookup = await self.cache.get(rt.name, lambda: self._refresh(rt), wait)
         if lookup.source != "timeout":
-            self.metrics.cache_requests.labels(rt.name, lookup.source).inc()
+            self.metrics.cache_request(rt.name, lookup.source)
         return lookup
 
     async def _refresh(self, rt: ClusterRuntime) -> Refresh:
@@ -320,9 +320,10 @@ class Fleet:
             self._listed_bytes = 0
             release_free_memory()
         if self.clusters.get(rt.name) is rt:  # not removed or replaced meanwhile
-            self.metrics.refresh_duration.labels(rt.name).observe(result.duration)
+            self.metrics.refresh_done(
+                rt.name, result.duration, result.finished_at if result.ok else None
+            )
             if result.ok:
-                self.metrics.last_refresh_success.labels(rt.name).set(result.finished_at)
                 rt.last_refresh_seconds = result.duration
         if result.error and rt.load_error is None and self.report:
             # A broken cluster's reason was logged when it was loaded, not at every probe.
@@ -332,7 +333,7 @@ class Fleet:
     def _count_call(self, cluster: str, call: Call) -> None:
         self._listed_bytes += call.bytes
         if cluster in self.clusters:
-            self.metrics.upstream_requests.labels(cluster, call.resource, call.code).inc()
+            self.metrics.upstream_call(cluster, call.resource, call.code)
 
 
 def _config_hash(config: FleetConfig, clusters: dict[str, ClusterRuntime]) -> int:

@@ -262,7 +262,9 @@ async def test_self_metrics_and_targets(env):
         'fleet_exporter_probes_total{cluster="alpha",result="success"} 1.0',
         'fleet_exporter_requests_rejected_total{reason="unknown_cluster"} 1.0',
         'fleet_exporter_cache_requests_total{cluster="alpha",result="miss"} 1.0',
-        'fleet_exporter_upstream_requests_total{cluster="alpha",code="200",resource="volumes"} 1.0',
+        'fleet_exporter_upstream_requests_total{cluster="alpha",code="200"} 10.0',
+        'fleet_exporter_upstream_resource_requests_total{code="200",resource="volumes"} 1.0',
+        "fleet_exporter_probe_duration_seconds_count 1.0",
     ):
         assert line in metrics, line
     assert "longhorn_volume" not in metrics

@@ -155,8 +155,7 @@ async def handle_probe(request: web.Request) -> web.Response:
     finally:
         limiter.busy -= 1
 
-    fleet.metrics.probes.labels(name, "success" if success else "failure").inc()
-    fleet.metrics.probe_duration.labels(name).observe(duration)
+    fleet.metrics.probe_done(name, success, duration)
     text_log = probe_log(
         name, started_at, timeout, header, lookup.source, refresh, success, duration
     )
