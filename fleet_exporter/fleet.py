@@ -181,8 +181,7 @@ class Fleet:
             try:
                 config = await asyncio.to_thread(load_fleet, self.directory)
             except ConfigError as e:
-                self.metrics.reload_ok.set(0)
-                self.metrics.reloads.labels(trigger, "failure").inc()
+                self.metrics.reload_failed(trigger)
                 log.error("reload (%s) failed, keeping the running configuration: %s", trigger, e)
                 raise
             result = await self._apply(config, trigger)

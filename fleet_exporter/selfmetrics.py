@@ -21,7 +21,8 @@ bench.selfmetrics``): polling it a few times a second starved the probes. Now:
   (``registry_families``).
 - **Rendered at most once a second.** One rendering serves both formats; each body
   (text or OpenMetrics, plain or gzipped) is kept for ``RENDER_INTERVAL``, and every
-  poller within it gets the same bytes. At 500 clusters a render costs 4-7 ms of CPU in the
+  poller within it gets the same bytes; only a reload of the configuration makes the next
+  request render afresh (``config_changed``). At 500 clusters a render costs 4-7 ms of CPU in the
   serving process, a cached answer 0.1-0.3 ms.
 
 A private registry rather than prometheus_client's global one, so several apps (tests, the
@@ -238,11 +239,25 @@ class SelfMetrics:
         self.cluster_stats = dict(sorted(stats.items()))
         self.clusters.labels("configured").set(len(ok))
         self.clusters.labels("broken").set(sum(1 for good in ok.values() if not good))
+        self.config_changed()
 
     def set_config(self, problems: dict[str, int], config_hash: int) -> None:
         for reason in REJECTED:
             self.config_problems.labels(reason).set(problems.get(reason, 0))
         self.config_hash.set(config_hash)
+        self.config_changed()
+
+    def reload_failed(self, trigger: str) -> None:
+        self.reload_ok.set(0)
+        self.reloads.labels(trigger, "failure").inc()
+        self.config_changed()
+
+    def config_changed(self) -> None:
+        """The next ``/metrics`` renders afresh: whoever reloads the configuration and
+        then reads ``/metrics`` sees the reload, not the body of the second before.
+        Reloads are rare (a signal, ``POST /-/reload`` with --web.enable-lifecycle, or a
+        change in the directory), so this costs nothing a poller could multiply."""
+        self._rendered_at = None
 
     def probe_done(self, cluster: str, success: bool, seconds: float) -> None:
         """A probe of ``cluster`` was answered after ``seconds``."""

@@ -9,10 +9,12 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleet_exporter.config import ConfigError
 from fleet_exporter.selfmetrics import (
     RENDER_INTERVAL,
     SelfMetrics,
@@ -96,6 +98,23 @@ async def test_body_is_rendered_at_most_once_a_second(tmp_path: Path) -> None:
         fresh = await raw(**identity)
         assert fresh != plain
         assert b'probes_total{cluster="c001",result="success"} 1.0' in fresh
+
+
+async def test_a_reload_shows_at_once(tmp_path: Path) -> None:
+    """Whoever reloads and then reads /metrics sees the reload, failed or not."""
+    async with started_env(tmp_path, tiny_fleet(1)) as env:
+        _, text, _ = await env.get("/metrics")
+        assert "fleet_exporter_config_last_reload_successful 1.0" in text
+        (env.clusters / "fleet.yaml").write_text("defaults: {nonsense: 1}\n")
+        with pytest.raises(ConfigError):
+            await env.fleet.reload()
+        _, text, _ = await env.get("/metrics")
+        assert "fleet_exporter_config_last_reload_successful 0.0" in text
+        (env.clusters / "fleet.yaml").unlink()
+        await env.fleet.reload()
+        _, text, _ = await env.get("/metrics")
+        assert "fleet_exporter_config_last_reload_successful 1.0" in text
+        assert 'fleet_exporter_config_reloads_total{result="success",trigger="signal"} 1.0' in text
 
 
 async def test_both_formats_parse_and_promtool_finds_nothing(tmp_path: Path) -> None:
