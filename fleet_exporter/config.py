@@ -104,6 +104,16 @@ class Settings:
     exec_timeout: float = 10.0
 
 
+# max_concurrent_probes: auto. Each Prometheus server of an HA pair probes every cluster
+# once an interval, and a probe waits at most its scrape timeout (less than the interval),
+# so a pair has at most 2 probes per cluster in flight. Twice that leaves room for a third
+# scraper or a sweep overlapping the next; the base for people and small fleets. Probes of
+# one cluster share one refresh (single flight), so admitting more costs little.
+AUTO = "auto"
+PROBES_PER_CLUSTER = 4
+PROBES_BASE = 100
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Process-wide limits, set under ``server:`` in fleet.yaml."""
@@ -114,10 +124,21 @@ class ServerSettings:
     # Bytes of list bodies in flight across the fleet, raw and inflated (limits.py); 0 = a
     # quarter of the container's memory limit, else 256 MiB. Sizes: 268435456, 256Mi, 1Gi.
     memory_budget: int = field(default=0, metadata={"size": True, "zero": True})
-    # Probes answered at once; past this a probe gets 503 instead of queueing forever.
-    max_concurrent_probes: int = 200
+    # Probes answered at once; past this a probe gets 503 at once instead of queueing.
+    # "auto" (the default): PROBES_PER_CLUSTER per configured cluster + PROBES_BASE,
+    # recomputed at every reload, so an HA pair of Prometheus servers probing every cluster
+    # at the same instant is normal load, never a 503 (500 clusters: 2,100). A number sets
+    # a fixed limit.
+    max_concurrent_probes: int | str = AUTO
     # Probe results kept per cluster for the triage page; failures are kept as long again.
     history_limit: int = 20
+
+    def probe_limit(self, clusters: int) -> int:
+        """Probes admitted at once with ``clusters`` configured."""
+        if self.max_concurrent_probes == AUTO:
+            return PROBES_PER_CLUSTER * clusters + PROBES_BASE
+        assert isinstance(self.max_concurrent_probes, int)
+        return self.max_concurrent_probes
 
 
 @dataclass(frozen=True)
@@ -193,6 +214,12 @@ def parse_size(value: str, where: str) -> int:
 def _coerce(where: str, f: dataclasses.Field, value: Any) -> Any:
     """Check one settings value against the field's declared type."""
     default = f.default
+    if default == AUTO:  # "auto" or a number
+        if value == AUTO:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}: expected {AUTO} or a positive whole number, got {value!r}")
+        return value
     if isinstance(default, float):  # every float setting is a duration
         return parse_duration(value, where)
     if isinstance(default, int):

@@ -205,8 +205,7 @@ class Fleet:
             try:
                 config = await asyncio.to_thread(load_fleet, self.directory)
             except ConfigError as e:
-                self.metrics.reload_ok.set(0)
-                self.metrics.reloads.labels(trigger, "failure").inc()
+                self.metrics.reload_failed(trigger)
                 log.error("reload (%s) failed, keeping the running configuration: %s", trigger, e)
                 raise
             result = await self._apply(config, trigger)
@@ -338,7 +337,7 @@ class Fleet:
         """Data for one probe: cached, refreshed within ``wait`` seconds, or stale."""
         lookup = await self.cache.get(rt.name, lambda: self._refresh(rt), wait)
         if lookup.source != "timeout":
-            self.metrics.cache_requests.labels(rt.name, lookup.source).inc()
+            self.metrics.cache_request(rt.name, lookup.source)
         return lookup
 
     async def _refresh(self, rt: ClusterRuntime) -> Refresh:
@@ -378,9 +377,10 @@ class Fleet:
             self._listed_bytes = 0
             release_free_memory()
         if self.clusters.get(rt.name) is rt:  # not removed or replaced meanwhile
-            self.metrics.refresh_duration.labels(rt.name).observe(result.duration)
+            self.metrics.refresh_done(
+                rt.name, result.duration, result.finished_at if result.ok else None
+            )
             if result.ok:
-                self.metrics.last_refresh_success.labels(rt.name).set(result.finished_at)
                 rt.last_refresh_seconds = result.duration
         _back_off(rt, result)
         if result.error and rt.load_error is None and self.report:
@@ -398,7 +398,7 @@ class Fleet:
     def _count_call(self, cluster: str, call: Call) -> None:
         self._listed_bytes += call.bytes
         if cluster in self.clusters:
-            self.metrics.upstream_requests.labels(cluster, call.resource, call.code).inc()
+            self.metrics.upstream_call(cluster, call.resource, call.code)
 
 
 MAX_CONCURRENT_REFRESHES = 8  # the old default, which no file needs to set any more

@@ -108,12 +108,29 @@ clusters:
     assert dict(a.labels) == {}
 
 
+def test_probe_limit_grows_with_the_fleet_unless_set(tmp_path):
+    """max_concurrent_probes: auto (the default) is 4 per configured cluster + 100, so an
+    HA pair probing every cluster at once is always admitted; a number is the limit."""
+    assert load_fleet(make_dir(tmp_path, None, "a.yaml")).server.probe_limit(500) == 2100
+    auto = make_dir(tmp_path, "server: {max_concurrent_probes: auto}")
+    assert load_fleet(auto).server.probe_limit(3) == 112
+    fixed = make_dir(tmp_path, "server: {max_concurrent_probes: 7}")
+    assert load_fleet(fixed).server.probe_limit(500) == 7
+
+
 @pytest.mark.parametrize(
     ("fleet_yaml", "message"),
     [
         ("defaults: {cache_tll: 5}", "fleet.yaml: defaults.cache_tll: unknown key"),
         ("defualts: {}", "fleet.yaml: defualts: unknown key"),
         ("server: {max_probes: 3}", "fleet.yaml: server.max_probes: unknown key"),
+        *(
+            (
+                f"server: {{max_concurrent_probes: {v}}}",
+                "server.max_concurrent_probes: expected auto",
+            )
+            for v in ("many", "0", "-1", "true", "Auto", "2.5")
+        ),
         ("defaults: {cache_ttl: soon}", "defaults.cache_ttl: invalid duration 'soon'"),
         ("defaults: {cache_ttl: -1}", "defaults.cache_ttl: must not be negative"),
         ("defaults: {concurrency: 0}", "defaults.concurrency: expected a positive whole number"),

@@ -267,7 +267,9 @@ async def test_self_metrics_and_targets(env):
         'fleet_exporter_probes_total{cluster="alpha",result="success"} 1.0',
         'fleet_exporter_requests_rejected_total{reason="unknown_cluster"} 1.0',
         'fleet_exporter_cache_requests_total{cluster="alpha",result="miss"} 1.0',
-        'fleet_exporter_upstream_requests_total{cluster="alpha",code="200",resource="volumes"} 1.0',
+        'fleet_exporter_upstream_requests_total{cluster="alpha",code="200"} 10.0',
+        'fleet_exporter_upstream_resource_requests_total{code="200",resource="volumes"} 1.0',
+        "fleet_exporter_probe_duration_seconds_count 1.0",
     ):
         assert line in metrics, line
     assert "longhorn_volume" not in metrics
@@ -423,6 +425,7 @@ async def test_probe_limit_answers_503_at_once(tmp_path):
         assert "too many probes in flight (limit 2)" in refused
         _, metrics, _ = await e.get("/metrics")
         assert 'fleet_exporter_requests_rejected_total{reason="overloaded"} 4.0' in metrics
+        assert "fleet_exporter_probes_in_flight_limit 2.0" in metrics  # a number wins
 
 
 async def test_request_bodies_are_bounded(env):

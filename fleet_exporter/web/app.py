@@ -21,13 +21,20 @@ import logging
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..config import ConfigError
 from ..fleet import FLEET, Fleet
 from ..watch import Watch
 from . import pages
-from .probe import PROBE_SLOTS, ProbeSlots, handle_probe
+from .probe import (
+    OPENMETRICS_TYPE,
+    PROBE_SLOTS,
+    TEXT_TYPE,
+    ProbeSlots,
+    accepts_gzip,
+    handle_probe,
+    wants_openmetrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,21 @@ async def handle_targets(request: web.Request) -> web.Response:
         names = [c for c in names if shard_of(c, n) == i]
     groups = [{"targets": [c], "labels": dict(fleet.clusters[c].config.labels)} for c in names]
     return web.json_response(groups)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    """The exporter's own metrics: a body rendered at most once a second (selfmetrics),
+    in the format and encoding asked for, as ``/probe`` negotiates them."""
+    openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+    compressed = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    body = request.app[FLEET].metrics.exposition(openmetrics, compressed)
+    headers = {
+        "Content-Type": OPENMETRICS_TYPE if openmetrics else TEXT_TYPE,
+        "Vary": "Accept, Accept-Encoding",
+    }
+    if compressed:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -155,7 +177,9 @@ def create_app(
     )
     app[FLEET] = fleet
     app[ENABLE_LIFECYCLE] = enable_lifecycle
-    app[PROBE_SLOTS] = ProbeSlots(200)
+    slots = app[PROBE_SLOTS] = ProbeSlots(fleet)
+    fleet.metrics.probes_in_flight.set_function(lambda: slots.busy)
+    fleet.metrics.probes_in_flight_limit.set_function(lambda: slots.limit)
 
     async def lifecycle(app: web.Application):
         watch = None
@@ -165,8 +189,6 @@ def create_app(
             )
             await watch.baseline()
         await fleet.start()
-        assert fleet.config is not None
-        app[PROBE_SLOTS].limit = fleet.config.server.max_concurrent_probes
         watching = asyncio.create_task(watch.run(), name="watch") if watch else None
         yield
         if watching is not None:
@@ -178,7 +200,7 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     pages.setup(app)
     app.router.add_get("/probe", handle_probe)
-    app.router.add_get("/metrics", make_aiohttp_handler(fleet.metrics.registry))
+    app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/targets", handle_targets)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/-/healthy", handle_healthz)

@@ -19,9 +19,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 
-from ..config import CLUSTER_NAME
+from ..config import CLUSTER_NAME, ServerSettings
 from ..exposition import EOF_LINE, Body, Family, encode, gzip_member, inflate, inflating
-from ..fleet import FLEET
+from ..fleet import FLEET, Fleet
 from ..history import ProbeRecord, new_id
 from ..prober import Refresh
 from ..units import timestamp
@@ -103,11 +103,19 @@ def probe_timeout(header: str | None, module_timeout: float, offset: float) -> f
 
 class ProbeSlots:
     """Probes in flight and their limit (a counter, not a semaphore: over the limit we
-    refuse at once instead of queueing behind slow clusters)."""
+    refuse at once instead of queueing behind slow clusters). The limit follows the fleet:
+    ``server.max_concurrent_probes`` for the clusters configured now (``auto`` grows with
+    them), read at each admission, so a reload changes it at once."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
+    def __init__(self, fleet: Fleet):
+        self._fleet = fleet
         self.busy = 0
+
+    @property
+    def limit(self) -> int:
+        config = self._fleet.config
+        server = config.server if config is not None else ServerSettings()
+        return server.probe_limit(len(self._fleet.clusters))
 
 
 PROBE_SLOTS = web.AppKey("probe_slots", ProbeSlots)
@@ -147,8 +155,7 @@ async def handle_probe(request: web.Request) -> web.Response:
     finally:
         limiter.busy -= 1
 
-    fleet.metrics.probes.labels(name, "success" if success else "failure").inc()
-    fleet.metrics.probe_duration.labels(name).observe(duration)
+    fleet.metrics.probe_done(name, success, duration)
     text_log = probe_log(
         name, started_at, timeout, header, lookup.source, refresh, success, duration
     )
