@@ -123,14 +123,15 @@ _FREEZER = web.AppKey("bench_freezer", asyncio.Task)
 
 async def _exporter_child(args: argparse.Namespace) -> None:
     from fleet_exporter.fleet import Fleet
-    from fleet_exporter.knobs import settle_heap
+    from fleet_exporter.knobs import limit_heap_fragmentation, settle_heap
     from fleet_exporter.limits import raise_file_limit
     from fleet_exporter.web.app import create_app
 
     if args.nofile:  # the limits it starts with; then raised as `serve` does
         soft, _, hard = args.nofile.partition(":")
         resource.setrlimit(resource.RLIMIT_NOFILE, (int(soft), int(hard or soft)))
-    raise_file_limit()
+    raise_file_limit()  # as `serve` does
+    limit_heap_fragmentation()
     stop = _stop_event()
     fleet = Fleet(Path(args.dir))
     app = create_app(fleet)

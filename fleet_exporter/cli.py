@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
     """Each way a start can fail ends in one line, ``cannot start: ...``, and exit code 2;
     nothing before it claims the server runs."""
     from .fleet import FLEET, Fleet
-    from .knobs import settle_heap
+    from .knobs import limit_heap_fragmentation, settle_heap
     from .web.app import create_app
 
     web_config = None
@@ -105,6 +105,7 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
         log.error("cannot start: %s", e)
         return 2
     files = raise_file_limit()  # a few connections per cluster: 1024 is not enough for 500
+    limit_heap_fragmentation()
     if files.raised_from is not None:
         log.info("open files limit raised from %d to %d", files.raised_from, files.soft)
     fleet = Fleet(directory)

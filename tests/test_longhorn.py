@@ -885,3 +885,15 @@ def test_triage_lists_trouble_with_untrusted_strings_verbatim() -> None:
         }
     ]
     assert t["incomplete"] == [] and t["now"] == NOW
+
+
+def test_a_list_going_round_in_circles_is_refused_at_its_second_round() -> None:
+    """A server whose continue tokens loop serves the same objects again: caught when a
+    page starts with an object an earlier page of that list started with."""
+    reducer = ClusterReducer(now=NOW)
+    first = page([volume("a"), volume("b")], cont="t1")
+    add_page(reducer, "volumes", first)
+    add_page(reducer, "volumes", page([volume("c")], cont="t2"))
+    add_page(reducer, "replicas", page([replica("a-r1", "a")]))  # another list: its own
+    with pytest.raises(PageError, match="'a' starts a page again: the continue tokens go round"):
+        add_page(reducer, "volumes", first)

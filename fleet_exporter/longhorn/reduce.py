@@ -47,7 +47,16 @@ from .records import (
     VolumeState,
     condition,
 )
-from .wire import clip_text, cron_interval, decode_page, intern, label_of, parse_time, to_number
+from .wire import (
+    PageError,
+    clip_text,
+    cron_interval,
+    decode_page,
+    intern,
+    label_of,
+    parse_time,
+    to_number,
+)
 
 JOB_LABEL = "recurring-job.longhorn.io/"
 GROUP_LABEL = "recurring-job-group.longhorn.io/"
@@ -130,6 +139,7 @@ class ClusterReducer:
         self._volumes_sorted: dict[str, VolumeState] | None = None
         self._backups_joined: dict[tuple[str, str], BackupStats] | None = None
         self._unreadable = 0  # in the page being reduced
+        self._page_starts: dict[str, set[str]] = {}  # the first object of each page, by list
         self._reduce: dict[str, Callable[[Any], None]] = {
             "volumes": self._volume,
             "replicas": self._replica,
@@ -153,6 +163,7 @@ class ClusterReducer:
         if reduce is None:
             raise ValueError(f"unknown Longhorn resource {resource!r}")
         items, malformed, meta = decode_page(resource, body)
+        self._check_no_loop(resource, items)
         self._unreadable = 0
         good = 0
         for start in range(0, len(items), STEP):
@@ -167,6 +178,22 @@ class ClusterReducer:
         return PageInfo(
             good, malformed, self._unreadable, meta.continue_ or "", meta.resource_version or ""
         )
+
+    def _check_no_loop(self, resource: str, items: list[Any]) -> None:
+        """A list is one consistent snapshot: no object comes twice. A server whose
+        continue tokens go round in circles serves the same objects again, page after
+        page, up to ``max_pages``; caught here when a page starts with an object an
+        earlier page started with, after one round at most, instead of a thousand pages
+        of CPU and memory later."""
+        first = items[0].metadata.name if items and items[0].metadata else None
+        if not first:
+            return
+        starts = self._page_starts.setdefault(resource, set())
+        if first in starts:
+            raise PageError(
+                f"{_short_name(first)} starts a page again: the continue tokens go round in circles"
+            )
+        starts.add(first)
 
     # -- values: absent is None; unreadable is None and counted
 
@@ -540,6 +567,10 @@ class ClusterReducer:
             settings=dict(self._settings) if "settings" in complete else {},
             node_replicas=self._node_replicas,
         )
+
+
+def _short_name(name: str) -> str:
+    return repr(name if len(name) <= 60 else name[:57] + "...")
 
 
 def _pick_engine(engines: dict[str, EngineRec], vs: VolumeState) -> EngineRec | None:
