@@ -17,6 +17,7 @@ Everything runs on 127.0.0.1 and stops by itself.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 import zlib
@@ -66,6 +67,7 @@ class _Probe:
     seconds: float
     success: bool
     age: float | None
+    why: str = ""  # of a failure: the HTTP status, probe_success 0, or late
 
 
 def _head(body: bytes, gzipped: bool) -> bytes:
@@ -98,8 +100,17 @@ async def _probe(d: _Driver, name: str, scraper: int, scrape_timeout: float) -> 
         raise BenchError(f"probe of {name}: {e}") from None
     seconds = time.perf_counter() - t0
     head = _head(body, gz) if status == 200 else b""
-    ok = status == 200 and _value(head, b"probe_success") == 1.0 and seconds <= scrape_timeout
-    return _Probe(name, seconds, ok, _value(head, b"longhorn_exporter_data_age_seconds"))
+    success = _value(head, b"probe_success")
+    why = (
+        f"HTTP {status}"
+        if status != 200
+        else "probe_success 0"
+        if success != 1.0
+        else "late"
+        if seconds > scrape_timeout
+        else ""
+    )
+    return _Probe(name, seconds, not why, _value(head, b"longhorn_exporter_data_age_seconds"), why)
 
 
 async def _scrape(d: _Driver, names: Sequence[str], size: Size, spread: bool) -> list[_Probe]:
@@ -165,6 +176,7 @@ async def _scenario(
         "fault": fault or "none",
         "healthy_probes": len(ok),
         "healthy_ok": sum(p.success for p in ok),
+        "healthy_failures": dict(collections.Counter(p.why for p in ok if p.why)),
         "healthy_p99_ms": _pct([p.seconds for p in ok], 99) * 1000,
         "max_age_s": max(ages) if ages else None,
         "faulty_answered_in_time": sum(

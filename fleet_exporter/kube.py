@@ -96,6 +96,7 @@ class Call(msgspec.Struct, frozen=True, gc=False):
 # the thread, on the biggest cluster's chain of 80 pages (bench/README.md). Inflating
 # chunk by chunk as the body arrives cost more CPU than either.
 GZIP = frozenset({"gzip", "x-gzip"})
+PEEK_BYTES = 64 * 1024  # inflated to tell a body too big by its trailer from a broken one
 IDENTITY = frozenset({"", "identity"})
 
 
@@ -436,23 +437,39 @@ def _encoding(resp: aiohttp.ClientResponse) -> str:
 
 
 async def _inflate(data: bytes | bytearray, cap: int, hold: Hold, deadline: float) -> bytes:
-    """A gzip body, inflated to at most ``cap`` bytes: a gzip bomb stops at the cap. The
-    room is taken from the budget first, as much as the gzip trailer says the body holds
-    (``ISIZE``; a body that inflates to more than it says is refused)."""
+    """A gzip body, inflated to at most ``cap`` bytes. The gzip trailer says how big the
+    body is (``ISIZE``): past the cap it is refused without inflating, and the room is
+    taken from the budget before inflating; a body that inflates past what its trailer
+    says (a bomb that lies) is refused at that size."""
     if data[:2] != b"\x1f\x8b":  # ISA-L would wait for a header; say what is wrong
         raise UpstreamError("invalid", "body labelled gzip is not gzip")
     claimed = int.from_bytes(data[-4:], "little") if len(data) >= 18 else 0
-    room = min(claimed, cap)
-    await hold.grow(room, deadline)
     inflater = isal_zlib.decompressobj(wbits=31)
+    if claimed > cap:
+        # Its trailer says it is too big. Inflate a little, to tell a real one (refused
+        # without inflating the rest) from a cut or broken body whose last bytes are no
+        # trailer.
+        try:
+            head = inflater.decompress(data, PEEK_BYTES)
+        except isal_zlib.error as e:
+            raise UpstreamError("invalid", f"gzip body does not inflate: {e}") from None
+        if not inflater.eof:
+            if not inflater.unconsumed_tail and len(head) < PEEK_BYTES:
+                raise UpstreamError("invalid", "the gzip body ends early")
+            raise UpstreamError(
+                "body_too_large",
+                f"body of {claimed} bytes once inflated exceeds the {cap}-byte cap",
+            )
+        claimed = len(head)  # a small body behind a trailer that lies: read it again
+        inflater = isal_zlib.decompressobj(wbits=31)
+    room = claimed
+    await hold.grow(room, deadline)
     try:
         body = inflater.decompress(data, room + 1)
     except isal_zlib.error as e:
         raise UpstreamError("invalid", f"gzip body does not inflate: {e}") from None
     if len(body) > room or inflater.unconsumed_tail:
         del body  # not kept alive by the traceback while the error travels
-        if room == cap:
-            raise UpstreamError("body_too_large", f"body exceeds the {cap}-byte cap once inflated")
         raise UpstreamError("invalid", "gzip body inflates past the size its trailer gives")
     hold.shrink(room - len(body))
     if not inflater.eof:
