@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+import msgspec
 from isal import isal_zlib
 from prometheus_client.utils import floatToGoString
 
@@ -188,19 +189,18 @@ class Writer:
 # --------------------------------------------------------------------------- gzip
 
 
-@dataclass(slots=True, frozen=True)
-class Piece:
+class Piece(msgspec.Struct, frozen=True, gc=False):
     """Raw deflate data ending on a byte boundary with no final block, so pieces made by
     different compressors follow each other in one stream; with the CRC-32 and the length
-    of what it inflates to."""
+    of what it inflates to. Plain values, so the garbage collector does not track it
+    (~10,000 of them are cached at 500 clusters)."""
 
     deflate: bytes
     crc: int
     size: int
 
 
-@dataclass(slots=True, frozen=True)
-class Body:
+class Body(msgspec.Struct, frozen=True, gc=False):
     """Rendered metrics in one format (no ``# EOF``): pieces to send in order, and the
     CRC-32 and length of them all."""
 
@@ -218,8 +218,7 @@ class Body:
         return cls(pieces, crc, size)
 
 
-@dataclass(slots=True, frozen=True)
-class Rendered:
+class Rendered(msgspec.Struct, frozen=True, gc=False):
     """A refresh's metrics in both formats; most pieces are shared."""
 
     text: Body

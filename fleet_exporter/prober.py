@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+import msgspec
 
 from .config import Settings
 from .credentials import Credentials
@@ -32,7 +33,7 @@ from .longhorn.catalogue import building_group
 from .longhorn.churn import SnapshotChurn
 from .longhorn.records import ClusterState
 from .longhorn.reduce import ClusterReducer
-from .scheduling import run_sliced
+from .scheduling import cpu_turns, run_sliced
 from .units import timestamp
 
 
@@ -53,9 +54,9 @@ class Target:
     expected: float = 0.0
 
 
-@dataclass(slots=True)
-class ResourceResult:
-    """How listing one resource went in one refresh."""
+class ResourceResult(msgspec.Struct, gc=False):
+    """How listing one resource went in one refresh (plain values: untracked by the
+    garbage collector, like the other records kept per cluster)."""
 
     ok: bool = False
     objects: int = 0
@@ -225,7 +226,11 @@ async def refresh(
         )
         return await run_sliced(rendering(families), target.expected)
 
-    lists = {r: asyncio.create_task(list_one(r)) for r in RESOURCES}
+    # Starting a refresh sends its first requests at once: a CPU turn, so that 500
+    # clusters going cold together start one after another, not all in one loop iteration
+    # (which stalled the loop for ~0.6 s at 500 clusters).
+    async with cpu_turns().slot(target.expected):
+        lists = {r: asyncio.create_task(list_one(r)) for r in RESOURCES}
     try:
         parts = await asyncio.gather(*(render_join(join) for join in JOINS))
         await asyncio.gather(*lists.values())  # a bug in a list raises here

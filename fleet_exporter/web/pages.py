@@ -74,6 +74,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from .. import __version__, units
@@ -285,7 +286,7 @@ def cluster_detail(fleet: Fleet, rt: ClusterRuntime, derived: _Derived) -> dict[
     row["settings"] = {"cache_ttl": s.cache_ttl, "max_staleness": s.max_staleness}
     row["triage"] = derived.triage(data)
     row["resources"] = {
-        r: dataclasses.asdict(res)
+        r: msgspec.structs.asdict(res)
         for r, res in sorted((newest.resources if newest else {}).items())
     }
     row["history"] = [
