@@ -314,10 +314,12 @@ class _Driver:
         await asyncio.gather(*(one_cluster(self.upstreams[n]) for n in names))
         return time.perf_counter() - t0
 
-    async def probe(self, url: str, scraper: int = 0) -> _Answer:
+    async def probe(
+        self, url: str, scraper: int = 0, headers: dict[str, str] | None = None
+    ) -> _Answer:
         session = self.scrapers[scraper]
         t0 = time.perf_counter()
-        async with session.get(url, headers=SCRAPE_HEADERS) as resp:
+        async with session.get(url, headers=headers or SCRAPE_HEADERS) as resp:
             body = await resp.read()
             gz = resp.headers.get("Content-Encoding") == "gzip"
         end = time.perf_counter()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import SCRAPE_HEADERS, SCRAPE_TIMEOUT, BenchError, Options, _fit, _pct
+from .common import PLAIN_HEADERS, SCRAPE_HEADERS, SCRAPE_TIMEOUT, BenchError, Options, _fit, _pct
 from .driver import _Answer, _Child, _Driver
 
 
@@ -93,15 +93,19 @@ async def _cold(d: _Driver, names: Sequence[str], reps: int) -> list[dict[str, A
     return rows
 
 
-async def _warm(d: _Driver, bare: _Child, name: str, requests: int) -> dict[str, Any]:
+async def _warm(
+    d: _Driver, bare: _Child, name: str, requests: int, plain: bool = False
+) -> dict[str, Any]:
     """Sequential warm probes against the bare handler serving the same bytes and
-    headers, in alternating blocks so drift hits both alike."""
+    headers, in alternating blocks so drift hits both alike. ``plain``: a client that
+    takes no gzip (the exporter inflates its cached pieces while it writes them)."""
     assert d.control is not None
+    headers = PLAIN_HEADERS if plain else SCRAPE_HEADERS
     url = d.probe_url(name)
     answer = await d.probe(url)  # fills the cache (and renders this variant)
     if not answer.success:
         raise BenchError(f"warm: probe of {name} failed")
-    async with d.scrapers[0].get(url, headers=SCRAPE_HEADERS) as r:
+    async with d.scrapers[0].get(url, headers=headers) as r:
         body = await r.read()
         keep = ("Content-Type", "Content-Encoding", "Vary")
         headers = {f"X-Set-{k}": r.headers[k] for k in keep if k in r.headers}
@@ -112,12 +116,17 @@ async def _warm(d: _Driver, bare: _Child, name: str, requests: int) -> dict[str,
     block = max(10, requests // 10)
     for _ in range(3):  # warm both connections
         for u in urls.values():
-            await d.probe(u)
+            await d.probe(u, headers=headers)
     while len(times["probe"]) < requests:
         for kind, u in urls.items():
             for _ in range(block):
-                times[kind].append((await d.probe(u)).seconds)
-    out: dict[str, Any] = {"cluster": name, "volumes": d.specs[name].volumes, "bytes": len(body)}
+                times[kind].append((await d.probe(u, headers=headers)).seconds)
+    out: dict[str, Any] = {
+        "cluster": name,
+        "volumes": d.specs[name].volumes,
+        "bytes": len(body),
+        "plain": plain,
+    }
     for kind, values in times.items():
         out[f"{kind}_p50_ms"] = _pct(values, 50) * 1000
         out[f"{kind}_p99_ms"] = _pct(values, 99) * 1000
@@ -226,6 +235,7 @@ async def _phase_fleet(opts: Options, work: Path, log: Callable[[str], None]) ->
                 await _warm(d, bare, n, opts.warm_requests)
                 for n in dict.fromkeys([biggest, hundred])
             ]
+            out["warm"].append(await _warm(d, bare, biggest, opts.warm_requests, plain=True))
         finally:
             await bare.stop()
         log(f"{opts.sweeps} sweeps: {len(names)} clusters x 2 scrapers at once")
