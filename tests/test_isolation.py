@@ -83,3 +83,25 @@ async def test_an_oversized_list_costs_its_own_cluster_only(tmp_path):
         assert "body_too_large" in debug or "memory" in debug
         assert env.fleet.budget.peak <= 8 << 20
         assert env.fleet.budget.used == 0  # every byte came back
+
+
+async def test_a_refresh_leaves_no_garbage_for_the_cycle_collector(tmp_path):
+    """A refresh's records go as soon as its data is replaced, by reference counting: a
+    reference cycle (once: the reducer's bound methods) left tens of MB per big refresh
+    waiting for a full collection, which the exporter makes rare (knobs.FULL_GC_AFTER)."""
+    import gc
+
+    yaml = "defaults: {cache_ttl: 0s}\n"
+    async with started_env(tmp_path, specs([], "none")[:2], yaml) as env:
+        await env.probe(HEALTHY[0])  # connections made, modules warm
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(3):
+                assert value((await env.probe(HEALTHY[0]))[1], "probe_success") == 1
+            found = gc.collect()
+        finally:
+            gc.enable()
+        reducers = [o for o in gc.get_objects() if type(o).__name__ == "ClusterReducer"]
+        assert not reducers
+        assert found < 20, f"{found} objects only the cycle collector could free"
