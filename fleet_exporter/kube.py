@@ -259,16 +259,29 @@ class KubeClient:
                 body = await _inflate(raw, self.settings.max_page_bytes, hold, deadline)
                 hold.shrink(len(raw))
                 del raw
-        except BaseException as e:
+        except (UpstreamError, MemoryShareExceeded, TimeoutError) as e:
             hold.release()
-            if isinstance(e, MemoryShareExceeded):
-                raise UpstreamError("memory", f"refused: {e}") from None
-            if isinstance(e, TimeoutError):
-                raise UpstreamError(
-                    "timeout", "the fleet's memory budget had no room before the deadline"
-                ) from None
+            failure = e
+        except BaseException:
+            hold.release()
             raise
-        return Fetched(body, time.monotonic() - started, hold)
+        else:
+            return Fetched(body, time.monotonic() - started, hold)
+        # Raised here, outside the handler, and without the frames it came through: an
+        # error (or its context) that kept those frames would keep the body they were
+        # reading alive, up to the cap, as long as the error travels (two gzip bombs
+        # and eight oversized lists each held hundreds of MB past the budget that way).
+        if isinstance(failure, MemoryShareExceeded):
+            error = UpstreamError("memory", f"refused: {failure}")
+        elif isinstance(failure, TimeoutError):
+            error = UpstreamError(
+                "timeout", "the fleet's memory budget had no room before the deadline"
+            )
+        else:
+            error = failure.with_traceback(None)
+            error.__context__ = None
+        del failure
+        raise error
 
     def report(
         self,
