@@ -408,9 +408,11 @@ BACKOFF_AFTER = 2  # refreshes failed in a row before the next one waits
 def _back_off(rt: ClusterRuntime, result: Refresh) -> None:
     """After ``BACKOFF_AFTER`` failed refreshes in a row, the next waits one cache TTL,
     doubling with each failure up to ``max_backoff``, and never less than a Retry-After
-    the API server sent. A good refresh ends it. The probes in between are answered at
-    once with the reason: a failing cluster costs neither the others nor its own probes'
-    time."""
+    the API server sent. A refresh that failed on what the server sent (a list over
+    ``max_page_bytes``, a body that is not valid) waits from the first failure: an
+    oversized list would otherwise be fetched in full at every probe. A good refresh ends
+    it. The probes in between are answered at once with the reason: a failing cluster
+    costs neither the others nor its own probes' time."""
     if result.ok:
         rt.failures, rt.retry_at, rt.last_failure = 0, 0.0, None
         return
@@ -418,8 +420,9 @@ def _back_off(rt: ClusterRuntime, result: Refresh) -> None:
     rt.last_failure = result.error
     s = rt.config.settings
     delay = 0.0
-    if rt.failures >= BACKOFF_AFTER:
-        delay = min(s.cache_ttl * 2 ** (rt.failures - BACKOFF_AFTER), s.max_backoff)
+    after = 1 if result.refused_as_served else BACKOFF_AFTER
+    if rt.failures >= after:
+        delay = min(s.cache_ttl * 2 ** (rt.failures - after), s.max_backoff)
     if result.retry_after is not None:
         delay = max(delay, min(result.retry_after, s.max_backoff))
     rt.retry_at = time.monotonic() + delay if delay else 0.0
@@ -428,10 +431,8 @@ def _back_off(rt: ClusterRuntime, result: Refresh) -> None:
 def _backing_off(target: Target, rt: ClusterRuntime, wait: float, started_at: float) -> Refresh:
     """The answer while a cluster backs off: failed, with the reason, cached until the
     next attempt may start."""
-    error = (
-        f"backing off: {rt.failures} refreshes failed in a row; next attempt in "
-        f"{wait:.0f}s (last: {rt.last_failure})"
-    )
+    failed = f"{rt.failures} refreshes failed in a row" if rt.failures > 1 else "1 refresh failed"
+    error = f"backing off: {failed}; next attempt in {wait:.0f}s (last: {rt.last_failure})"
     return dataclasses.replace(failed_refresh(target, error, started_at), ttl=wait)
 
 

@@ -36,6 +36,8 @@ from .longhorn.reduce import ClusterReducer
 from .scheduling import cpu_turns, run_sliced
 from .units import timestamp
 
+REFUSED_AS_SERVED = frozenset({"body_too_large", "invalid"})
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -63,6 +65,7 @@ class ResourceResult(msgspec.Struct, gc=False):
     malformed: int = 0
     unreadable: int = 0
     retry_after: float | None = None  # the API server asked to wait this long (Retry-After)
+    code: str | None = None  # the failed call's code (``kube.UpstreamError.code``)
     pages: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -98,6 +101,12 @@ class Refresh:
         """The longest wait an API server asked for in this refresh (Retry-After)."""
         asked = [r.retry_after for r in self.resources.values() if r.retry_after is not None]
         return max(asked) if asked else None
+
+    @property
+    def refused_as_served(self) -> bool:
+        """A core list failed on what the API server sent (too large, not valid), not on
+        the way there: trying again at once would fetch the same bytes to fail the same."""
+        return any(self.resources[r].code in REFUSED_AS_SERVED for r in CORE_RESOURCES)
 
     def age(self, now_mono: float | None = None) -> float:
         return max(0.0, (now_mono or time.monotonic()) - self.finished_mono)
@@ -211,13 +220,30 @@ async def refresh(
             except UpstreamError as e:
                 result.error = f"{resource}: {e}"
                 result.retry_after = e.retry_after
+                result.code = e.code
                 target.errors_total[resource] += 1
+                if resource in CORE_RESOURCES:
+                    give_up(resource)
             finally:
                 result.seconds = time.monotonic() - t0
+
+    def give_up(core: str) -> None:
+        """A core list failed, so the refresh will serve nothing: the other lists stop now
+        rather than hold connections, budget and CPU turns for data nobody gets."""
+        for name, task in lists.items():
+            if not task.done() and name != core:
+                why = f"{name}: stopped after {resources[core].error}"
+                resources[name].error = resources[name].error or why
+                task.cancel()
+
+    def doomed() -> bool:
+        return any(resources[r].error for r in CORE_RESOURCES)
 
     async def render_join(join: Join) -> Rendered:
         """Join, build and render one group of lists as soon as they have all ended."""
         await asyncio.wait([lists[r] for r in join.lists])
+        if doomed():
+            return Rendered.join([])
         complete = frozenset(r for r in join.lists if resources[r].ok)
         state = await run_sliced(reducer.joining(join, complete), target.expected)
         target.churn.update(state)  # only the snapshots group's state changes it
@@ -233,7 +259,10 @@ async def refresh(
         lists = {r: asyncio.create_task(list_one(r)) for r in RESOURCES}
     try:
         parts = await asyncio.gather(*(render_join(join) for join in JOINS))
-        await asyncio.gather(*lists.values())  # a bug in a list raises here
+        await asyncio.wait(lists.values())
+        for task in lists.values():  # a bug in a list raises here
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
     finally:
         for task in lists.values():
             task.cancel()

@@ -85,6 +85,35 @@ async def test_an_oversized_list_costs_its_own_cluster_only(tmp_path):
         assert env.fleet.budget.used == 0  # every byte came back
 
 
+async def test_an_oversized_list_backs_off_from_its_first_failure(tmp_path):
+    """A list over ``max_page_bytes`` fails the same way every time: the next attempt
+    waits from the first failure instead of fetching the body again at every probe."""
+    yaml = "defaults: {cache_ttl: 1s, max_backoff: 30s, max_page_bytes: 1Mi}\n"
+    big = FaultSettings(oversized_bytes=4 << 20)
+    async with started_env(tmp_path, specs(["big"], "oversized"), yaml, fault_settings=big) as env:
+        assert value((await env.probe("big"))[1], "probe_success") == 0
+        env.fleet.cache.forget("big")
+        calls = env.sim.requests("big")
+        _, text, _ = await env.get("/probe?cluster=big&debug=true")
+        assert "backing off: 1 refresh failed; next attempt in 1s" in text
+        assert "body exceeds the 1048576-byte cap" in text
+        assert env.sim.requests("big") == calls
+
+
+async def test_a_failed_core_list_stops_the_others_at_once(tmp_path):
+    """When the volumes list fails the refresh can serve nothing, so lists still waiting
+    on a hung API server stop then, instead of holding connections until the deadline."""
+    yaml = "defaults: {cache_ttl: 0s, refresh_timeout: 20s, request_timeout: 20s}\n"
+    spec = ClusterSpec(name="half", volumes=3, nodes=1, faults={"*": "timeout", "volumes": 500})
+    quick = FaultSettings(hang_seconds=15)
+    async with started_env(tmp_path, [spec], yaml, fault_settings=quick) as env:
+        started = time.monotonic()
+        _, text, _ = await env.get("/probe?cluster=half&debug=true")
+        assert time.monotonic() - started < 5
+        assert 'probe_success{cluster="half"} 0' in text
+        assert "nodes: stopped after volumes: HTTP 500" in text
+
+
 async def test_a_refresh_leaves_no_garbage_for_the_cycle_collector(tmp_path):
     """A refresh's records go as soon as its data is replaced, by reference counting: a
     reference cycle (once: the reducer's bound methods) left tens of MB per big refresh
