@@ -9,6 +9,7 @@ import asyncio
 import os
 import random
 import re
+import statistics
 from collections import Counter
 from pathlib import Path
 
@@ -86,6 +87,7 @@ async def test_soak(tmp_path):
             loop = asyncio.get_running_loop()
             start = loop.time()
             warm = None
+            rss: list[tuple[float, int]] = []  # (fraction of the soak, RSS MiB)
             faulty: list[str] = []
             while loop.time() - start < SOAK_SECONDS:
                 for name in faulty:
@@ -94,6 +96,9 @@ async def test_soak(tmp_path):
                 for name in faulty:
                     sim.set_fault(name, rng.choice(FAULTS))
                 await asyncio.sleep(3)
+                rss.append(
+                    ((loop.time() - start) / SOAK_SECONDS, proc_stats(exp.proc.pid)["rss_mib"])
+                )
                 if warm is None and loop.time() - start > SOAK_SECONDS * 0.3:
                     warm = proc_stats(exp.proc.pid)
                     warm["tasks"] = await tasks(session, url)
@@ -129,8 +134,13 @@ async def test_soak(tmp_path):
         f'fleet_exporter_requests_rejected_total{{reason="overloaded"}} {overloaded}.0' in metrics
     )
     # No growth: memory within a small bound of the warmed-up process, no fd/thread leaks.
-    print(f"soak {SOAK_SECONDS:.0f}s, {probes} probes: warm {warm}, end {end}")
-    assert end["rss_mib"] - warm["rss_mib"] <= 25, (warm, end)
+    # RSS swings by tens of MiB with whichever faults happen to coincide (a momentary peak
+    # is the allocator's, not a leak), so compare medians: the middle of the soak against
+    # its last third and the idle end. A leak moves the median; a peak does not.
+    middle = statistics.median(m for f, m in rss if 0.3 <= f < 0.65)
+    late = statistics.median([m for f, m in rss if f >= 0.65] + [end["rss_mib"]])
+    print(f"soak {SOAK_SECONDS:.0f}s, {probes} probes: warm {warm}, end {end}, RSS {rss}")
+    assert late - middle <= 25, (middle, late, rss, end)
     assert end["fds"] <= warm["fds"] + 10, (warm, end)
     assert end["threads"] <= warm["threads"] + 4, (warm, end)
     # Idle now, with two scrapers' worth of work done: only the server's own tasks remain.
