@@ -216,7 +216,7 @@ async def _metrics_poll(d: _Driver, stop: asyncio.Event, seconds: list[float]) -
 
 
 async def run_size(
-    opts: Options, work: Path, size: Size, log: Callable[[str], None]
+    opts: Options, work: Path, size: Size, faults: Sequence[str], log: Callable[[str], None]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"size": size.label, "scenarios": []}
     async with _Driver(opts, work, size.fleet, size.clusters, size.fleet_yaml) as d:
@@ -224,10 +224,10 @@ async def run_size(
         faulty = _pick_faulty(d, size.faulty)
         out["faulty"] = faulty
         await d.floor(names[:100])  # the simulator builds and caches its pages
-        for fault in (None, *FAULTS):
+        for fault in (None, *faults):
             log(f"{size.label}: {fault or 'no fault'} on {len(faulty) if fault else 0}")
             out["scenarios"].append(await _scenario(d, size, names, faulty, fault))
-        if size.fleet == "small":
+        if size.fleet == "small" and faults == FAULTS:
             log(f"{size.label}: /metrics polled every 100 ms during the sweeps")
             polled: list[float] = []
             stop = asyncio.Event()
@@ -244,7 +244,7 @@ async def run_size(
                 "metrics_p99_ms": _pct(polled, 99) * 1000,
                 "metrics_gets": len(polled),
             }
-    if size.fleet == "small":
+    if size.fleet == "small" and faults == FAULTS:
         log(f"{size.label}: started with a soft open-file limit of 1024")
         async with _Driver(
             opts, work, size.fleet, size.clusters, size.fleet_yaml, ("--nofile", "1024:20000")
@@ -256,9 +256,13 @@ async def run_size(
 
 
 async def run(
-    opts: Options, work: Path, sizes: Sequence[Size], log: Callable[[str], None]
+    opts: Options,
+    work: Path,
+    sizes: Sequence[Size],
+    faults: Sequence[str],
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
-    return {"sizes": [await run_size(opts, work, s, log) for s in sizes]}
+    return {"sizes": [await run_size(opts, work, s, faults, log) for s in sizes]}
 
 
 def table(result: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -347,7 +351,7 @@ def failed(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m bench faults [--quick] [--out DIR]``."""
+    """``python -m bench faults [--quick] [--size N] [--fault F ...] [--out DIR]``."""
     import argparse
     import json
     import sys
@@ -355,6 +359,18 @@ def main(argv: Sequence[str]) -> int:
 
     p = argparse.ArgumentParser(prog="python -m bench faults", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: 6 clusters, seconds")
+    p.add_argument(
+        "--size",
+        type=int,
+        choices=[s.clusters for s in SIZES],
+        help="only this fleet size (default: both)",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        choices=FAULTS,
+        help="only this fault, repeatable; the /metrics and open-file rows need every fault",
+    )
     p.add_argument("--out", default="bench/results", metavar="DIR", help="results go here")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -365,7 +381,9 @@ def main(argv: Sequence[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
         try:
-            result = asyncio.run(run(opts, Path(tmp), QUICK if args.quick else SIZES, log))
+            sizes = QUICK if args.quick else [s for s in SIZES if args.size in (None, s.clusters)]
+            faults = tuple(args.fault) if args.fault else FAULTS
+            result = asyncio.run(run(opts, Path(tmp), sizes, faults, log))
         except BenchError as e:
             print(f"bench faults failed: {e}", file=sys.stderr)
             return 1
