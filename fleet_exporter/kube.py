@@ -252,18 +252,20 @@ class KubeClient:
         """One GET of a page, its bytes held in the budget until the page is released;
         on any failure they are given back at once."""
         hold = self.budget.hold(self.cluster)
+        raw = bytearray()
         try:
             raw, gzipped = await self._get(url, params, deadline, hold)
             body = raw
             if gzipped:
                 body = await _inflate(raw, self.settings.max_page_bytes, hold, deadline)
                 hold.shrink(len(raw))
-                del raw
+                raw = bytearray()
         except (UpstreamError, MemoryShareExceeded, TimeoutError) as e:
             hold.release()
             failure = e
-        except BaseException:
+        except BaseException:  # cancelled: the frames stay with the error, the bytes do not
             hold.release()
+            raw.clear()
             raise
         else:
             return Fetched(body, time.monotonic() - started, hold)
@@ -379,29 +381,12 @@ class _Pages:
         self, client: KubeClient, resource: str, token: str, first: int, deadline: float
     ) -> None:
         self._queue: asyncio.Queue[tuple[Fetched, str] | BaseException] = asyncio.Queue(AHEAD)
+        # The feed is a function of the queue, not a method: a stopped feed's error keeps
+        # its frames in its task, and a frame holding ``self`` (which holds the task) would
+        # make a cycle only a full garbage collection frees.
         self._task = asyncio.get_running_loop().create_task(
-            self._run(client, resource, token, first, deadline)
+            _feed(self._queue, client, resource, token, first, deadline)
         )
-
-    async def _run(
-        self, client: KubeClient, resource: str, token: str, n: int, deadline: float
-    ) -> None:
-        last = client.settings.max_pages
-        try:
-            while True:
-                fetched = await client.fetch_page(resource, token, deadline, n)
-                token = peek_continue(fetched.body)
-                try:
-                    await self._queue.put((fetched, token))
-                except BaseException:
-                    fetched.hold.release()
-                    raise
-                if not token or n >= last:
-                    return
-                n += 1
-        except Exception as e:  # handed to the reader, who raises it (without the frames
-            # that held the page it came from: they would keep its body alive meanwhile)
-            await self._queue.put(e.with_traceback(None))
 
     async def next(self) -> tuple[Fetched, str]:
         """The next page, and the token guessed for the page after it."""
@@ -419,6 +404,34 @@ class _Pages:
             item = self._queue.get_nowait()
             if not isinstance(item, BaseException):
                 item[0].hold.release()
+
+
+async def _feed(
+    queue: asyncio.Queue[tuple[Fetched, str] | BaseException],
+    client: KubeClient,
+    resource: str,
+    token: str,
+    n: int,
+    deadline: float,
+) -> None:
+    """Fetch pages into ``queue`` until the list ends, fails or the feed is stopped."""
+    last = client.settings.max_pages
+    try:
+        while True:
+            fetched = await client.fetch_page(resource, token, deadline, n)
+            token = peek_continue(fetched.body)
+            try:
+                await queue.put((fetched, token))
+            except BaseException:
+                fetched.hold.release()
+                del fetched  # stopped: the error's frames keep no page
+                raise
+            if not token or n >= last:
+                return
+            n += 1
+    except Exception as e:  # handed to the reader, who raises it (without the frames that
+        # held the page it came from: they would keep its body alive meanwhile)
+        await queue.put(e.with_traceback(None))
 
 
 class _ListMeta(msgspec.Struct):
@@ -501,12 +514,17 @@ async def _read_capped(
     if resp.content_length is not None and resp.content_length > cap:
         raise UpstreamError("body_too_large", f"body of {resp.content_length} bytes exceeds {cap}")
     body = bytearray()
-    async for chunk in resp.content.iter_chunked(256 * 1024):
-        await hold.grow(len(chunk), deadline)
-        body += chunk
-        if len(body) > cap:
-            del body  # not kept alive by the traceback while the error travels
-            raise UpstreamError("body_too_large", f"body exceeds the {cap}-byte cap")
+    try:
+        async for chunk in resp.content.iter_chunked(256 * 1024):
+            await hold.grow(len(chunk), deadline)
+            body += chunk
+            if len(body) > cap:
+                raise UpstreamError("body_too_large", f"body exceeds the {cap}-byte cap")
+    except BaseException:
+        # This frame travels with the error (a cancellation's stays in its task until the
+        # task goes): it keeps nothing big.
+        body.clear()
+        raise
     return body
 
 

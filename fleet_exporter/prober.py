@@ -266,6 +266,11 @@ async def refresh(
     finally:
         for task in lists.values():
             task.cancel()
+        # A stopped list's error keeps its frames, and they reach back here (``give_up``
+        # holds ``lists``): a cycle only a full collection frees, with the bodies those
+        # frames were reading (121 MB for one cluster of oversized lists). Emptied, the
+        # tasks go by reference counting.
+        lists.clear()
     core_failed = [r for r in CORE_RESOURCES if not resources[r].ok]
     if core_failed:
         return failed(resources[core_failed[0]].error or "core resources failed")
