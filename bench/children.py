@@ -183,7 +183,7 @@ async def _exporter_child(args: argparse.Namespace) -> None:
     app.router.add_post("/_bench/reset-peak", reset_peak)
 
     async def freeze_startup_heap(app: web.Application) -> None:
-        # As `serve` does once the kubeconfigs are loaded (probe.settle_heap).
+        # As `serve` does once the kubeconfigs are loaded (knobs.settle_heap).
         async def settle() -> None:
             await fleet.wait_ready()
             settle_heap()

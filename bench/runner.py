@@ -91,7 +91,9 @@ def _exporter_settings() -> dict[str, Any]:
         AHEAD,
         CHUNK,
         CONNECTIONS_PER_CLUSTER,
+        FULL_GC_AFTER,
         GZIP_LEVEL,
+        MMAP_THRESHOLD,
         SLICE,
         TLS_READ_BUFFER,
         TRIM_AFTER_BYTES,
@@ -104,13 +106,15 @@ def _exporter_settings() -> dict[str, Any]:
         "connections_per_cluster": CONNECTIONS_PER_CLUSTER,
         "pages_ahead": AHEAD,
         "tls_read_buffer": TLS_READ_BUFFER,
-        "max_concurrent_refreshes": server.max_concurrent_refreshes,
-        "refresh_order": "longest last refresh first (slots.Slots)",
+        "refreshes_at_once": "no fleet-wide limit: each cluster its own pool, CPU turns",
+        "memory_budget": server.memory_budget or "a quarter of the cgroup limit, else 256 MiB",
         "malloc_trim_after_bytes": TRIM_AFTER_BYTES,
         "gzip_level": GZIP_LEVEL,
         "slice_s": SLICE,
         "render_chunk": CHUNK,
-        "gc": "probe.settle_heap() once ready",
+        "gc": "knobs.settle_heap() once ready",
+        "full_gc_after": FULL_GC_AFTER,
+        "mmap_threshold": MMAP_THRESHOLD,
     }
 
 
