@@ -14,9 +14,18 @@ import logging
 import sys
 import time
 
-from .redact import RedactingFilter
+from .redact import RedactingFilter, redact
 
 REPEAT_WINDOW = 60.0  # seconds in which a repeated line is counted, not written
+
+
+def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    """The record's traceback, redacted: the text ``RedactingFilter`` already redacted
+    when there is one, never one formatted afresh from ``exc_info`` and left as it is (an
+    exception's message may carry a token)."""
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    return redact(record.exc_text) if record.exc_text else None
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -25,8 +34,8 @@ class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         msg = record.getMessage()
-        if record.exc_info:
-            msg += " " + self.formatException(record.exc_info).replace("\n", " | ")
+        if (tb := _traceback(self, record)) is not None:
+            msg += " " + tb.replace("\n", " | ")
         return (
             f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
             f"logger={record.name} msg={json.dumps(msg, ensure_ascii=False)}"
@@ -41,6 +50,8 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if (tb := _traceback(self, record)) is not None:
+            doc["traceback"] = tb
         return json.dumps(doc, ensure_ascii=False)
 
 

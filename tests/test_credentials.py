@@ -761,3 +761,28 @@ def test_registry_longest_match_and_bounded_rotation(monkeypatch):
     assert redact("abcd-static") == "<redacted>"  # static secrets never rotate out
     registry.register("abc")  # too short to remember: would redact ordinary words
     assert redact("abc abcd") == "abc abcd"
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+async def test_tracebacks_are_redacted_in_both_log_formats(tmp_path, fmt, capsys):
+    """The formatters write the traceback the redactor saw, not one formatted afresh from
+    ``exc_info`` (which once printed the token in clear in every logfmt line)."""
+    from fleet_exporter.logs import setup_logging
+
+    kc = write_kubeconfig(tmp_path / "k.yaml", ca_cluster(), {"token": CANARY_TOKEN})
+    await load(kc)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("info", fmt)
+        try:
+            raise ValueError(f"Bearer {CANARY_TOKEN}")
+        except ValueError:
+            logging.getLogger("fleet_exporter.test").exception("refresh failed unexpectedly")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert "ValueError: Bearer <redacted>" in err
+    assert "Traceback" in err
+    assert CANARY_TOKEN not in err
