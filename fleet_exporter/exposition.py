@@ -32,7 +32,7 @@ import msgspec
 from isal import isal_zlib
 from prometheus_client.utils import floatToGoString
 
-from .knobs import GZIP_LEVEL
+from .knobs import GZIP_LEVEL, INFLATE_CHUNK
 
 EOF_LINE = b"# EOF\n"
 
@@ -308,19 +308,22 @@ def gzip_member(head: bytes, body: Body, tail: bytes = b"") -> list[bytes]:
     return [GZIP_HEADER + h.deflate, *(p.deflate for p in body.pieces), trailer]
 
 
-INFLATE_CHUNK = 256 * 1024  # bytes of text per step when inflating for a plain client
-
-
-def inflating(body: Body) -> Iterator[bytes]:
-    """The body's text, a chunk at a time (each piece inflates on its own)."""
+def inflating(body: Body, chunk: int = INFLATE_CHUNK) -> Iterator[bytes]:
+    """The body's text, at most ``chunk`` bytes at a time (each piece inflates on its
+    own). A chunk that fills up may leave output pending after the last input byte went
+    in: the inflater is drained and flushed, never left when its input is."""
     for piece in body.pieces:
         inflater = isal_zlib.decompressobj(wbits=-15)
         data = piece.deflate
-        while data:
-            out = inflater.decompress(data, INFLATE_CHUNK)
+        while True:
+            out = inflater.decompress(data, chunk)
             if out:
                 yield out
             data = inflater.unconsumed_tail
+            if not data and len(out) < chunk:
+                break
+        if rest := inflater.flush():
+            yield rest
 
 
 def inflate(body: Body) -> bytes:
