@@ -44,6 +44,7 @@ LONGHORN_API = "/apis/longhorn.io/v1beta2"
 USER_AGENT = f"fleet-exporter/{__version__}"
 # Statuses worth one more try: the server said "later" or the request never got an answer.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+NO_ROOM = "the fleet's memory budget had no room before the deadline"
 MAX_ATTEMPTS = 3
 BACKOFF = 0.2  # seconds before the 2nd attempt, doubled for the 3rd
 
@@ -275,10 +276,8 @@ class KubeClient:
         # and eight oversized lists each held hundreds of MB past the budget that way).
         if isinstance(failure, MemoryShareExceeded):
             error = UpstreamError("memory", f"refused: {failure}")
-        elif isinstance(failure, TimeoutError):
-            error = UpstreamError(
-                "timeout", "the fleet's memory budget had no room before the deadline"
-            )
+        elif isinstance(failure, TimeoutError):  # only the budget's wait raises it here
+            error = UpstreamError("memory", NO_ROOM)
         else:
             error = failure.with_traceback(None)
             error.__context__ = None
@@ -516,7 +515,10 @@ async def _read_capped(
     body = bytearray()
     try:
         async for chunk in resp.content.iter_chunked(256 * 1024):
-            await hold.grow(len(chunk), deadline)
+            try:
+                await hold.grow(len(chunk), deadline)
+            except TimeoutError:  # the budget's wait, not the network's: say which
+                raise UpstreamError("memory", NO_ROOM) from None
             body += chunk
             if len(body) > cap:
                 raise UpstreamError("body_too_large", f"body exceeds the {cap}-byte cap")

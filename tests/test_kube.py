@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fleet_exporter.kube import UpstreamError, _inflate
+from fleet_exporter.kube import NO_ROOM, UpstreamError, _inflate, _read_capped
 from fleet_exporter.limits import MemoryBudget
 
 BODY = b'{"kind":"VolumeList","items":[]}' * 1000
@@ -44,3 +44,37 @@ async def test_inflate(data: bytes, code: str | None, message: str | None) -> No
     assert err.value.code == code
     assert message in str(err.value)
     assert budget.used <= len(BODY)  # a bomb takes no room at all
+
+
+class _Body:
+    """What ``_read_capped`` reads of an aiohttp response: its length and its chunks."""
+
+    content_length = None
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.content = self
+        self._chunks = chunks
+
+    async def iter_chunked(self, n: int):
+        for c in self._chunks:
+            yield c
+
+
+async def test_a_wait_for_the_budget_is_named_as_such_not_as_the_network() -> None:
+    """A body within its cluster's share waits for room in a full budget until its
+    deadline: the error says so (code ``memory``), not "no answer within 30s"."""
+    budget = MemoryBudget(100)
+    await budget.hold("other").grow(100, time.monotonic() + 1)  # full
+    hold = budget.hold("c")
+    with pytest.raises(UpstreamError) as err:
+        await _read_capped(_Body(b"x" * 10), CAP, hold, time.monotonic() + 0.05)
+    assert (err.value.code, str(err.value)) == ("memory", NO_ROOM)
+    assert hold.bytes == 0
+
+
+async def test_a_body_over_the_cap_is_refused_and_kept_nowhere() -> None:
+    budget = MemoryBudget(4 * CAP)
+    hold = budget.hold("c")
+    with pytest.raises(UpstreamError) as err:
+        await _read_capped(_Body(bytes(CAP), b"x"), CAP, hold, time.monotonic() + 1)
+    assert err.value.code == "body_too_large"
