@@ -126,7 +126,14 @@ def _serve(args: argparse.Namespace, directory: Path) -> int:
             with contextlib.suppress(ConfigError):
                 await app[FLEET].reload("signal")
 
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
+        reloads: set[asyncio.Task[None]] = set()  # held: a task nobody holds may vanish
+
+        def on_sighup() -> None:
+            task = asyncio.ensure_future(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
         async def settle() -> None:
             await app[FLEET].wait_ready()
