@@ -62,8 +62,10 @@ class RefreshCache(Generic[V]):
             maxsize, ttu=lambda _k, v, now: now + v.max_staleness, timer=timer
         )
         self._inflight: dict[str, asyncio.Task[V]] = {}
+        # Refreshes of a key forgotten while they ran (its configuration changed): they
+        # end for the probes already waiting on them, and their results are not kept.
+        self._detached: set[asyncio.Task[V]] = set()
         self._failed: dict[str, V] = {}  # the latest result, while it is a failure
-        self._forgotten: set[str] = set()  # forgotten while a refresh ran: keep no failure
 
     async def get(self, key: str, refresh: Callable[[], Awaitable[V]], wait: float) -> Lookup[V]:
         """The cached value for ``key``, or the result of a refresh that finishes within
@@ -82,20 +84,21 @@ class RefreshCache(Generic[V]):
             return Lookup(good, "stale") if good is not None else Lookup(None, "timeout")
 
     async def _run(self, key: str, refresh: Callable[[], Awaitable[V]]) -> V:
+        this = asyncio.current_task()
         try:
             value = await refresh()
-            self._fresh[key] = value
-            if value.ok:
-                self._good[key] = value
-                self._failed.pop(key, None)
-            else:
-                self._failed[key] = value
+            if self._inflight.get(key) is this:  # not forgotten meanwhile
+                self._fresh[key] = value
+                if value.ok:
+                    self._good[key] = value
+                    self._failed.pop(key, None)
+                else:
+                    self._failed[key] = value
             return value
         finally:
-            self._inflight.pop(key, None)
-            if key in self._forgotten:
-                self._forgotten.discard(key)
-                self._failed.pop(key, None)
+            if self._inflight.get(key) is this:
+                del self._inflight[key]
+            self._detached.discard(this)  # type: ignore[arg-type]
 
     def last_good(self, key: str) -> V | None:
         return self._good.get(key)
@@ -112,17 +115,20 @@ class RefreshCache(Generic[V]):
         return key in self._inflight
 
     def forget(self, key: str) -> None:
-        """Drop everything about ``key`` (cluster removed or its kubeconfig changed). A
-        refresh still running finishes but its result is not kept beyond its own TTL."""
+        """Drop everything about ``key`` (cluster removed or its configuration changed). A
+        refresh still running ends for the probes already waiting on it, but the next
+        probe starts a new one (with the new configuration) and the old result is not
+        kept: it was made with what the reload replaced (its session already closed)."""
         self._fresh.pop(key, None)
         self._good.pop(key, None)
         self._failed.pop(key, None)
-        if key in self._inflight:
-            self._forgotten.add(key)
+        task = self._inflight.pop(key, None)
+        if task is not None:
+            self._detached.add(task)
 
     async def close(self) -> None:
         """Cancel refreshes still running (shutdown)."""
-        tasks = list(self._inflight.values())
+        tasks = [*self._inflight.values(), *self._detached]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -175,3 +175,35 @@ async def test_a_failure_forgotten_while_refreshing_is_not_kept():
     up.gate.set()
     await task
     assert cache._failed == {}
+
+
+async def test_a_probe_after_forget_never_joins_the_refresh_it_replaced():
+    """A reload forgets a cluster whose refresh is running (with the old configuration,
+    its session about to close): the next probe starts a new refresh, the old one still
+    answers the probe that was waiting on it, and its result is not cached."""
+    cache, up = RefreshCache(timer=Clock()), Upstream(ok=False)
+    up.gate = asyncio.Event()
+    waiting = asyncio.create_task(cache.get("a", up, 5))
+    while up.calls < 1:
+        await asyncio.sleep(0)
+    cache.forget("a")
+    assert not cache.refreshing("a")
+    up.ok = True
+    after = asyncio.create_task(cache.get("a", up, 5))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert up.calls == 2  # a refresh of its own
+    up.gate.set()
+    old, new = await waiting, await after
+    assert old.value.n == 1 and new.value.n == 2 and new.value.ok
+    assert cache.latest("a").n == 2 and cache.newest("a").n == 2
+    assert (await cache.get("a", up, 5)).source == "hit"
+
+
+async def test_close_cancels_a_forgotten_refresh_too():
+    cache, up = RefreshCache(timer=Clock()), Upstream()
+    up.gate = asyncio.Event()
+    await cache.get("a", up, wait=0.01)
+    cache.forget("a")
+    await cache.close()
+    assert not cache._detached
