@@ -25,13 +25,6 @@ SLICE = 0.005
 # Records handled between two checks of the clock inside a step: a page of 500 engines
 # is ~15 ms of work, so a step checks about every 1-4 ms.
 STEP = 128
-# CPU turns go longest refresh first (``scheduling.Slots``), but a waiter ranks ahead by
-# its expected duration only up to this many seconds: enough to start a sweep's biggest
-# cluster first (2,000 volumes: ~1 s on loopback, ~3 s 25 ms away), and no turn waits
-# longer than this behind later arrivals. Without the bound, at 500 clusters with 50
-# oversized lists, healthy clusters' refreshes waited their whole 60 s refresh_timeout
-# for a first turn, behind refreshes that queue again for every step.
-LONGEST_FIRST_WITHIN = 2.0
 # Samples encoded (and compressed) per render step.
 CHUNK = 1024
 

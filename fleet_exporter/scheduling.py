@@ -11,8 +11,8 @@ network.
 
 The refreshes' heavy steps (a page's decode and reduce, a slice of join or render) take
 CPU turns: one step per event-loop iteration across all refreshes, at most ``knobs.SLICE``
-seconds each, the longest refresh's first, within a bound (``Slots``). Slicing alone did
-not bound an iteration: eight refreshes each ran their slice in the same one.
+seconds each, the longest refresh's first. Slicing alone did not bound an iteration:
+eight refreshes each ran their slice in the same one.
 """
 
 from __future__ import annotations
@@ -26,25 +26,21 @@ import weakref
 from collections.abc import AsyncIterator, Generator
 from typing import TypeVar
 
-from .knobs import LONGEST_FIRST_WITHIN, SLICE
+from .knobs import SLICE
 
 R = TypeVar("R")
 
 
 class Slots:
-    """At most ``size`` holders at once. A freed slot goes to the waiter that arrived
-    first, where each counts as having arrived its ``expected`` duration early, at most
-    ``knobs.LONGEST_FIRST_WITHIN``: among waiters that arrive together (a sweep), the
-    longest goes first; equal ones in arrival order. A cluster never refreshed counts as
-    0: ranking it first would put the one known big cluster behind every new one (a sweep
-    of 51 clusters of which 49 were new took 5.6 s instead of 3.6). With ``defer``, a
-    freed slot is handed on in the next event-loop iteration, not at once, so the loop
-    serves its I/O in between.
+    """At most ``size`` holders at once. A freed slot goes to the waiter with the longest
+    ``expected`` duration; equal ones in arrival order. A cluster never refreshed counts
+    as 0: ranking it first would put the one known big cluster behind every new one (a
+    sweep of 51 clusters of which 49 were new took 5.6 s instead of 3.6).
+    With ``defer``, a freed slot is handed on in the next event-loop iteration, not at
+    once, so the loop serves its I/O in between.
 
-    No waiter waits behind later arrivals for more than that bound. (Longest first alone
-    let a big refresh, which queues again for every step, overtake a small cluster's
-    start again and again: at 500 clusters with 50 oversized lists, healthy clusters
-    waited the whole 60 s ``refresh_timeout`` for their first turn.)"""
+    A waiter cannot starve: each cluster has at most one refresh (the cache's single
+    flight), so every other cluster overtakes it at most once."""
 
     def __init__(self, size: int, *, defer: bool = False) -> None:
         self.size = size
@@ -59,8 +55,7 @@ class Slots:
             self._held += 1
         else:
             granted = asyncio.get_running_loop().create_future()
-            rank = time.monotonic() - min(expected, LONGEST_FIRST_WITHIN)
-            heapq.heappush(self._waiting, (rank, next(self._arrivals), granted))
+            heapq.heappush(self._waiting, (-expected, next(self._arrivals), granted))
             try:
                 await granted
             except asyncio.CancelledError:

@@ -125,34 +125,3 @@ async def test_deferred_slots_hand_over_in_a_later_loop_iteration():
 
     await asyncio.gather(step("a"), step("b"))
     assert events == ["a", "io", "b"]
-
-
-async def test_a_long_job_that_queues_again_and_again_cannot_starve_a_short_one():
-    """A big refresh takes a turn for every step and queues again at once; a small
-    cluster's start, waiting meanwhile, gets its turn within the bound
-    (``knobs.LONGEST_FIRST_WITHIN``), not after every step of the big one."""
-    from fleet_exporter.knobs import LONGEST_FIRST_WITHIN
-
-    slots = Slots(1, defer=True)
-    loop = asyncio.get_running_loop()
-    steps_before = 0
-    small_started = asyncio.Event()
-
-    async def big() -> None:
-        nonlocal steps_before
-        while not small_started.is_set():
-            async with slots.slot(60.0):  # its last refresh took the whole timeout
-                await asyncio.sleep(0.01)  # a step's work
-                steps_before += 1
-
-    async def small() -> None:
-        async with slots.slot(0.01):
-            small_started.set()
-
-    started = loop.time()
-    task = asyncio.create_task(big())
-    await asyncio.sleep(0.005)
-    await asyncio.wait_for(small(), LONGEST_FIRST_WITHIN + 2)
-    assert loop.time() - started < LONGEST_FIRST_WITHIN + 1
-    assert steps_before > 10  # the big one did run first, for a while
-    await task
