@@ -67,7 +67,7 @@ class ResourceResult(msgspec.Struct, gc=False):
     retry_after: float | None = None  # the API server asked to wait this long (Retry-After)
     code: str | None = None  # the failed call's code (``kube.UpstreamError.code``)
     pages: int = 0
-    seconds: float = 0.0
+    seconds: float | None = None  # how long the list ran; None when it never started
     error: str | None = None
 
 
@@ -127,10 +127,8 @@ class Refresh:
             lines.append("Resources:")
             for name, r in sorted(self.resources.items()):
                 status = "ok" if r.ok else "FAILED"
-                line = (
-                    f"  {name:<14} {status:<6} {r.objects:>7} objects {r.pages:>4} pages "
-                    f"{r.seconds:8.3f}s"
-                )
+                took = "       -" if r.seconds is None else f"{r.seconds:8.3f}s"
+                line = f"  {name:<14} {status:<6} {r.objects:>7} objects {r.pages:>4} pages {took}"
                 if r.malformed:
                     line += f"  {r.malformed} malformed objects skipped"
                 if r.unreadable:
@@ -322,11 +320,18 @@ def _finish(
 def collection_families(
     ok: bool, resources: dict[str, ResourceResult], errors_total: Counter[str]
 ) -> list[Family]:
-    """How the refresh went, per resource: rendered with the Longhorn data."""
+    """How the refresh went, per resource: rendered with the Longhorn data. What a list
+    could not tell is absent, never 0: the counts only for a list that completed, the
+    duration only for a list that ran (not one stopped before it started, or a refresh
+    that never ran: back-off, no kubeconfig)."""
     names = sorted(resources)
+    listed = [r for r in names if resources[r].ok]
+    ran = [r for r in names if resources[r].seconds is not None]
 
-    def per_resource(name: str, help_: str, kind: str, value: Callable[[str], float]) -> Family:
-        return Family(name, kind, help_, ("resource",), [((r,), value(r)) for r in names])
+    def per_resource(
+        name: str, help_: str, kind: str, value: Callable[[str], float], of: list[str] = names
+    ) -> Family:
+        return Family(name, kind, help_, ("resource",), [((r,), value(r)) for r in of])
 
     return [
         Family(
@@ -348,24 +353,28 @@ def collection_families(
             "Objects listed in the last refresh.",
             "gauge",
             lambda r: float(resources[r].objects),
+            listed,
         ),
         per_resource(
             "longhorn_exporter_list_duration_seconds",
             "Time to list all pages of this resource in the last refresh.",
             "gauge",
-            lambda r: resources[r].seconds,
+            lambda r: resources[r].seconds or 0.0,
+            ran,
         ),
         per_resource(
             "longhorn_exporter_malformed_objects",
             "Objects skipped in the last refresh because they did not decode.",
             "gauge",
             lambda r: float(resources[r].malformed),
+            listed,
         ),
         per_resource(
             "longhorn_exporter_unreadable_values",
             "Values left out of the last refresh's metrics because they could not be read.",
             "gauge",
             lambda r: float(resources[r].unreadable),
+            listed,
         ),
         per_resource(
             "longhorn_exporter_scrape_errors_total",

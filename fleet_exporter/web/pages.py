@@ -53,7 +53,7 @@ JSON (keys are stable; times are Unix seconds, durations seconds, absent values 
 - ``GET /api/clusters/NAME``: a ROW plus ``settings`` (``cache_ttl``, ``max_staleness``),
   ``triage`` (``longhorn.triage.triage()``, or null without data), ``resources``
   (per resource of the newest refresh, failed or not: ``ok, objects, malformed, pages,
-  seconds, error``) and ``history`` (recent
+  seconds, error``; ``seconds`` null for a list that never started) and ``history`` (recent
   probes, newest first, each a ``last_probe`` object plus ``timeout_seconds`` and ``log``).
 """
 
@@ -809,7 +809,7 @@ def _resources_section(res: dict[str, dict[str, Any]]) -> Html:
             el("td", _flag(r["ok"], "ok", "FAILED")),
             el("td", str(r["objects"]), class_="num"),
             el("td", str(r["pages"]), class_="num"),
-            el("td", f"{r['seconds']:.3f}s", class_="num"),
+            el("td", "-" if r["seconds"] is None else f"{r['seconds']:.3f}s", class_="num"),
             el("td", r["error"] or ("" if not r["malformed"] else f"{r['malformed']} malformed")),
         )
         for name, r in res.items()
