@@ -124,6 +124,7 @@ _FREEZER = web.AppKey("bench_freezer", asyncio.Task)
 async def _exporter_child(args: argparse.Namespace) -> None:
     from fleet_exporter.fleet import Fleet
     from fleet_exporter.knobs import limit_heap_fragmentation, settle_heap
+    from fleet_exporter.scheduling import cpu_turns
     from fleet_exporter.limits import raise_file_limit
     from fleet_exporter.web.app import create_app
 
@@ -154,7 +155,9 @@ async def _exporter_child(args: argparse.Namespace) -> None:
                 "fds": len(os.listdir("/proc/self/fd")),
                 "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 "budget_peak": fleet.budget.peak,
+                "budget_used": fleet.budget.used,
                 "budget_limit": fleet.budget.limit,
+                "turns_waiting": len(cpu_turns()._waiting),
             }
         )
 
