@@ -181,23 +181,20 @@ async def test_a_probe_after_forget_never_joins_the_refresh_it_replaced():
     """A reload forgets a cluster whose refresh is running (with the old configuration,
     its session about to close): the next probe starts a new refresh, the old one still
     answers the probe that was waiting on it, and its result is not cached."""
-    cache, up = RefreshCache(timer=Clock()), Upstream(ok=False)
-    up.gate = asyncio.Event()
-    waiting = asyncio.create_task(cache.get("a", up, 5))
-    while up.calls < 1:
+    cache, old_config, new_config = RefreshCache(timer=Clock()), Upstream(ok=False), Upstream()
+    old_config.gate = asyncio.Event()
+    waiting = asyncio.create_task(cache.get("a", old_config, 5))
+    while old_config.calls < 1:
         await asyncio.sleep(0)
     cache.forget("a")
     assert not cache.refreshing("a")
-    up.ok = True
-    after = asyncio.create_task(cache.get("a", up, 5))
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert up.calls == 2  # a refresh of its own
-    up.gate.set()
-    old, new = await waiting, await after
-    assert old.value.n == 1 and new.value.n == 2 and new.value.ok
-    assert cache.latest("a").n == 2 and cache.newest("a").n == 2
-    assert (await cache.get("a", up, 5)).source == "hit"
+    new = await cache.get("a", new_config, 5)
+    assert new_config.calls == 1 and new.source == "miss" and new.value.ok
+    old_config.gate.set()
+    old = await waiting
+    assert old.source == "miss" and not old.value.ok  # for the probe that waited on it
+    assert cache.latest("a") is new.value and cache.newest("a") is new.value  # not kept
+    assert (await cache.get("a", new_config, 5)).source == "hit"
 
 
 async def test_close_cancels_a_forgotten_refresh_too():
