@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import os
 import resource
 import time
@@ -195,8 +196,10 @@ class Descriptors:
         if fresh or now - self._counted > 1.0:
             try:
                 self._open = len(os.listdir("/proc/self/fd"))
-            except OSError:  # not Linux: no pressure is ever seen
-                self._open = 0
+            except OSError as e:
+                # Listing takes a descriptor: with none left that is the answer (it once
+                # read as 0, and nothing was ever shed). Not Linux: no pressure is seen.
+                self._open = self.limit() if e.errno in (errno.EMFILE, errno.ENFILE) else 0
             self._counted = now
         return self._open
 
