@@ -350,6 +350,7 @@ def _backup_families(out: list[Encoded], w: Writer, state: ClusterState) -> Iter
                 [
                     f"{n}{b}}} {num[v.backup_last_success or 0.0]}\n"
                     for b, v in volume_blocks(w, state)
+                    if v.backup_last_success is not None or not v.backup_time_unknown
                 ],
             )
         )
@@ -364,7 +365,11 @@ def _backup_families(out: list[Encoded], w: Writer, state: ClusterState) -> Iter
                 n,
                 "gauge",
                 "backupCreatedAt (upload finished) of the newest Completed backup; 0 when none.",
-                [f"{n}{b}}} {num[s.last_success or 0.0]}\n" for b, s in pairs],
+                [
+                    f"{n}{b}}} {num[s.last_success or 0.0]}\n"
+                    for b, s in pairs
+                    if s.last_success is not None or not s.completed_unknown
+                ],
             )
         )
         for name, help_, field in (

@@ -229,6 +229,8 @@ def volumes_never_backed_up(state: ClusterState) -> list[NeverBackedUp] | None:
     for v in state.volumes.values():
         if v.backup_interval is None or v.created is None or v.backup_last_success:
             continue
+        if v.backup_time_unknown:  # a backup completed, when is not known: not "never"
+            continue
         allowed = v.backup_interval + BACKUP_GRACE
         if state.now - v.created > allowed:
             out.append(NeverBackedUp(v.name, v.backup_target, v.created, allowed))

@@ -137,6 +137,9 @@ class BackupStats(_Rec):
     counts: dict[str, int] = msgspec.field(default_factory=lambda: dict.fromkeys(BACKUP_STATES, 0))
     last_success: float | None = None
     last_success_name: str = ""
+    # A Completed backup whose times cannot be read: with no readable one, when the pair
+    # last succeeded is unknown (absent), not "never" (0).
+    completed_unknown: bool = False
     last_size: float | None = None
     last_uploaded: float | None = None
     last_local: float | None = None
@@ -262,8 +265,10 @@ class VolumeState(_Rec):
     read_only: bool | None = None
     # snapshots
     snapshots: SnapshotStats | None = None
-    # backups: newest Completed backupCreatedAt over all targets; None = never
+    # backups: newest Completed backupCreatedAt over all targets; None = never, unless
+    # ``backup_time_unknown`` (a Completed backup whose times cannot be read)
     backup_last_success: float | None = None
+    backup_time_unknown: bool = False
     # recurringjobs: the shortest interval among the backup jobs that apply
     backup_interval: float | None = None
     healthy: bool | None = None

@@ -296,7 +296,7 @@ class ClusterReducer:
             stats.removed += 1
             return
         created = st.creation_time
-        ident = hash((name, created or ""))
+        ident = hash((name, created if isinstance(created, str) else ""))
         ids = stats.ids
         assert isinstance(ids, set), "snapshot stats are frozen once joined"
         if ident in ids:  # the same snapshot on two pages of a list that moved meanwhile
@@ -304,7 +304,7 @@ class ClusterReducer:
         ids.add(ident)
         stats.count += 1
         size = st.size
-        if type(size) is not int:
+        if type(size) is not int or size < 0:  # the common case, without a call
             size = self._num(size)
         if size is None:
             stats.size_bytes = None
@@ -342,7 +342,10 @@ class ClusterReducer:
                 stats.oldest_in_progress = created
             if state == "Error" and (stats.last_failure is None or created > stats.last_failure):
                 stats.last_failure = created
-        if state != "Completed" or when is None:
+        if state != "Completed":
+            return
+        if when is None:  # completed, but when cannot be read: unknown, not never
+            stats.completed_unknown = True
             return
         if stats.last_success is None or when > stats.last_success:
             stats.last_success, stats.last_success_name = when, name
@@ -503,6 +506,7 @@ class ClusterReducer:
             backups = {k: v for k, v in sorted(self._backups.items()) if k[0] in volumes}
             for (volume, _), stats in backups.items():
                 vs = volumes[volume]
+                vs.backup_time_unknown = vs.backup_time_unknown or stats.completed_unknown
                 if stats.last_success is not None and (
                     vs.backup_last_success is None or stats.last_success > vs.backup_last_success
                 ):

@@ -348,9 +348,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_number(value: Num) -> float | None:
-    """A size or count that may be a JSON number, a decimal string or ``""``. (``float``
-    of a decimal string rounds exactly as ``float(int(...))`` does, and takes surrounding
-    spaces; one call instead of three matters at 60,000 objects a refresh.)"""
+    """A size or count that may be a JSON number, a decimal string or ``""``; never
+    negative (no size or count Longhorn writes is), so a negative one cannot be read.
+    (``float`` of a decimal string rounds exactly as ``float(int(...))`` does, and takes
+    surrounding spaces; one call instead of three matters at 60,000 objects a refresh.)"""
     if isinstance(value, str):
         if "_" in value:  # float() takes "1_000"; Kubernetes' int64 strings never have it
             return None
@@ -362,7 +363,7 @@ def to_number(value: Num) -> float | None:
         number = float(value)
     else:  # None, true/false, an object or a list
         return None
-    return number if math.isfinite(number) else None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 @functools.lru_cache(maxsize=256)
