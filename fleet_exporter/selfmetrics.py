@@ -35,7 +35,9 @@ time appear once there is one: absent, never invented.
 from __future__ import annotations
 
 import asyncio
+import math
 import platform
+import resource
 import time
 from collections.abc import Iterable, Iterator
 
@@ -53,15 +55,14 @@ from prometheus_client.core import GaugeMetricFamily
 from . import __version__
 from .config import REJECTED
 from .exposition import EOF_LINE, Encoded, Numbers, escape, meta
-from .knobs import GZIP_LEVEL
+from .knobs import GZIP_LEVEL, RENDER_INTERVAL
+from .limits import MemoryBudget
 
 # What asks for a reload of the clusters directory: SIGHUP, POST /-/reload, the watch.
 RELOAD_TRIGGERS = ("signal", "http", "watch")
 # How a probe's data was found (cache.Lookup.source; "timeout" is no data, not an answer).
 CACHE_SOURCES = ("hit", "miss", "stale")
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-# /metrics is rendered at most this often (seconds); requests in between get the same bytes.
-RENDER_INTERVAL = 1.0
 # HTTP statuses an API server answers a list with, kept as they are in the ``code`` label;
 # any other status is ``4xx``, ``5xx`` or ``other``, so a server answering with ever new
 # statuses cannot grow a cluster's series without bound. The other codes are the fixed
@@ -167,6 +168,21 @@ class SelfMetrics:
         self.refreshes_in_flight = Gauge(
             "fleet_exporter_refreshes_in_flight", "Upstream refreshes running now.", registry=r
         )
+        files = Gauge(
+            "fleet_exporter_open_files_limit",
+            "RLIMIT_NOFILE: the soft limit (raised to the hard one at start) and the hard one.",
+            ["limit"],
+            registry=r,
+        )
+        for i, which in enumerate(("soft", "hard")):
+            files.labels(which).set_function(lambda i=i: _nofile()[i])
+        self._memory_budget = Gauge(
+            "fleet_exporter_memory_budget_bytes",
+            "The fleet's memory budget for list bodies in flight (server.memory_budget), "
+            "and the bytes it holds now.",
+            ["state"],
+            registry=r,
+        )
         self.rejected = Counter(
             "fleet_exporter_requests_rejected",
             "Requests refused, by reason.",
@@ -240,6 +256,11 @@ class SelfMetrics:
         self.clusters.labels("configured").set(len(ok))
         self.clusters.labels("broken").set(sum(1 for good in ok.values() if not good))
         self.config_changed()
+
+    def watch_budget(self, budget: MemoryBudget) -> None:
+        """Report ``budget``'s limit and use, read at each render."""
+        self._memory_budget.labels("limit").set_function(lambda: budget.limit)
+        self._memory_budget.labels("used").set_function(lambda: budget.used)
 
     def set_config(self, problems: dict[str, int], config_hash: int) -> None:
         for reason in REJECTED:
@@ -324,6 +345,14 @@ class SelfMetrics:
                 body = text.encode() + (EOF_LINE if openmetrics else b"")
             self._bodies[key] = body
         return body
+
+
+def _nofile() -> tuple[float, float]:
+    """The soft and hard open-file limits (unlimited as +Inf)."""
+    return tuple(  # type: ignore[return-value]
+        math.inf if v == resource.RLIM_INFINITY else float(v)
+        for v in resource.getrlimit(resource.RLIMIT_NOFILE)
+    )
 
 
 def registry_families(registry: CollectorRegistry) -> list[Encoded]:

@@ -15,8 +15,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet_exporter.config import ConfigError
+from fleet_exporter.knobs import RENDER_INTERVAL
+from fleet_exporter.limits import MemoryBudget
 from fleet_exporter.selfmetrics import (
-    RENDER_INTERVAL,
     SelfMetrics,
     code_label,
     registry_families,
@@ -193,6 +194,7 @@ async def test_docs_list_exactly_the_metrics_emitted() -> None:
     metrics.cache_request("a", "miss")
     metrics.refresh_done("a", 0.2, time.time())
     metrics.upstream_call("a", "volumes", "200")
+    metrics.watch_budget(MemoryBudget(1 << 20))
     text = metrics.exposition(openmetrics=False, gzipped=False).decode()
     emitted = {}
     for family in text_string_to_metric_families(text):
