@@ -87,8 +87,9 @@ def bind(host: str | None, port: int) -> list[socket.socket]:
 def _serve(args: argparse.Namespace, directory: Path) -> int:
     """Each way a start can fail ends in one line, ``cannot start: ...``, and exit code 2;
     nothing before it claims the server runs."""
-    from .fleet import FLEET, Fleet
+    from .fleet import Fleet
     from .knobs import limit_heap_fragmentation, settle_heap
+    from .web import FLEET
     from .web.app import create_app
 
     web_config = None
@@ -279,6 +280,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"FAIL  {what:<{width}}  {why.message}")
     for what, why in (fleet.config.ignored if fleet.config else {}).items():
         print(f"skip  {what:<{width}}  {why.message}")
+    if not results and not rejected:
+        print(f"no clusters in {directory}: it holds no kubeconfig (see the README, Clusters)")
+        return 1
     print(f"{len(results) - failed + len(rejected)}/{len(results) + len(rejected)} clusters ok")
     return 1 if failed else 0
 

@@ -24,7 +24,6 @@ from functools import partial
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 from .cache import Lookup, RefreshCache
 from .config import ClusterConfig, ConfigError, FleetConfig, load_fleet
@@ -59,7 +58,7 @@ class ClusterRuntime:
     # Back-off: refreshes failed in a row, and when the next one may start (monotonic).
     failures: int = 0
     retry_at: float = 0.0
-    last_failure: str | None = None  # why the last refresh failed
+    last_failed: Refresh | None = None  # the last refresh that ran and failed
     # This cluster's own connections: a hung API server holds only these.
     session: aiohttp.ClientSession | None = None
 
@@ -161,6 +160,7 @@ class Fleet:
         self.config: FleetConfig | None = None
         self.cache: RefreshCache[Refresh] = RefreshCache()
         self.budget = MemoryBudget(0)  # sized from the configuration in start()
+        self.metrics.watch_budget(self.budget)
         self.descriptors = Descriptors()
         self.ready = False
         self._reload_lock = asyncio.Lock()
@@ -240,6 +240,15 @@ class Fleet:
         if limit != self.budget.limit:
             self.budget.limit = limit
             log.info("memory budget for list bodies in flight: %d MiB (%s)", limit >> 20, why)
+        biggest = max((c.settings.max_page_bytes for c in config.clusters.values()), default=0)
+        if biggest > limit:
+            log.warning(
+                "fleet.yaml: max_page_bytes (%d MiB) is more than the whole memory budget "
+                "(%d MiB, %s): a page that big is always refused",
+                biggest >> 20,
+                limit >> 20,
+                why,
+            )
         before = previous.server.max_concurrent_refreshes if previous else MAX_CONCURRENT_REFRESHES
         if server.max_concurrent_refreshes not in (before, MAX_CONCURRENT_REFRESHES):
             log.warning(
@@ -414,10 +423,10 @@ def _back_off(rt: ClusterRuntime, result: Refresh) -> None:
     it. The probes in between are answered at once with the reason: a failing cluster
     costs neither the others nor its own probes' time."""
     if result.ok:
-        rt.failures, rt.retry_at, rt.last_failure = 0, 0.0, None
+        rt.failures, rt.retry_at, rt.last_failed = 0, 0.0, None
         return
     rt.failures += 1
-    rt.last_failure = result.error
+    rt.last_failed = result
     s = rt.config.settings
     delay = 0.0
     after = 1 if result.refused_as_served else BACKOFF_AFTER
@@ -430,10 +439,24 @@ def _back_off(rt: ClusterRuntime, result: Refresh) -> None:
 
 def _backing_off(target: Target, rt: ClusterRuntime, wait: float, started_at: float) -> Refresh:
     """The answer while a cluster backs off: failed, with the reason, cached until the
-    next attempt may start."""
+    next attempt may start. It carries the last real failure's per-resource results and
+    its collection series (which lists failed, and why), not a copy of the reason on
+    every resource: on-call sees what went wrong, not only that the exporter waits."""
+    last = rt.last_failed
     failed = f"{rt.failures} refreshes failed in a row" if rt.failures > 1 else "1 refresh failed"
-    error = f"backing off: {failed}; next attempt in {wait:.0f}s (last: {rt.last_failure})"
-    return dataclasses.replace(failed_refresh(target, error, started_at), ttl=wait)
+    error = f"backing off: {failed}; next attempt in {wait:.0f}s (last: {last and last.error})"
+    if last is None:
+        return dataclasses.replace(failed_refresh(target, error, started_at), ttl=wait)
+    return dataclasses.replace(
+        last,
+        error=error,
+        ttl=wait,
+        calls=[],  # none made now; the failure's own calls were shown with it
+        _log=None,  # its own, not the failure's
+        started_at=started_at,
+        finished_at=time.time(),
+        finished_mono=time.monotonic(),
+    )
 
 
 def _config_hash(config: FleetConfig, clusters: dict[str, ClusterRuntime]) -> int:
@@ -446,7 +469,3 @@ def _config_hash(config: FleetConfig, clusters: dict[str, ClusterRuntime]) -> in
     for what in sorted(config.rejected):
         h.update(f"{what}!{config.rejected[what].reason};".encode())
     return int.from_bytes(h.digest()[:8], "big") >> 12
-
-
-# Where the HTTP layer keeps the fleet; here, so app and pages both import it from below.
-FLEET = web.AppKey("fleet", Fleet)

@@ -63,6 +63,13 @@ def test_check_of_a_missing_directory_says_so(tmp_path):
     assert "clusters directory does not exist" in r.stderr
 
 
+def test_check_of_an_empty_directory_fails_and_says_why(tmp_path):
+    (tmp_path / "fleet.yaml").write_text("defaults: {cache_ttl: 30s}\n")
+    r = run("check", "--clusters", str(tmp_path))
+    assert r.returncode == 1
+    assert r.stdout.strip().splitlines()[-1].startswith(f"no clusters in {tmp_path}")
+
+
 def test_listen_addresses():
     assert parse_listen(":9265") == (None, 9265)
     assert parse_listen("127.0.0.1:1") == ("127.0.0.1", 1)

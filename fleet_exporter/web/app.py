@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ..config import ConfigError
-from ..fleet import FLEET, Fleet
+from ..fleet import Fleet
 from ..watch import Watch
-from . import pages
+from . import FLEET, pages
 from .probe import (
     OPENMETRICS_TYPE,
     PROBE_SLOTS,

@@ -79,13 +79,14 @@ from aiohttp import web
 
 from .. import __version__, units
 from ..config import CLUSTER_NAME, NotServed
-from ..fleet import FLEET, ClusterRuntime, Fleet
+from ..fleet import ClusterRuntime, Fleet
 from ..history import ProbeRecord
 from ..longhorn.health import summarize
 from ..longhorn.triage import triage
 from ..longhorn.wire import parse_time
 from ..prober import Refresh
 from ..units import DASH, ago, utc
+from . import FLEET
 
 STATUS_TEXT = {
     "up": "up",

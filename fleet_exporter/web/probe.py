@@ -21,10 +21,11 @@ from aiohttp.payload import Payload
 
 from ..config import CLUSTER_NAME, ServerSettings
 from ..exposition import EOF_LINE, Body, Family, encode, gzip_member, inflate, inflating
-from ..fleet import FLEET, Fleet
+from ..fleet import Fleet
 from ..history import ProbeRecord, new_id
 from ..prober import Refresh
 from ..units import timestamp
+from . import FLEET
 
 log = logging.getLogger(__name__)
 

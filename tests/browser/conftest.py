@@ -24,8 +24,7 @@ import pytest
 from aiohttp import web
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from fleet_exporter.fleet import FLEET
-from fleet_exporter.web import pages
+from fleet_exporter.web import FLEET, pages
 from fleet_exporter.web.app import security_headers
 
 from ..prometheus_harness import free_port, http, poll, stop_process
