@@ -191,14 +191,6 @@ class Credentials:
         self._snap = await _load(self.path, self._exec_timeout)
         self._next_refresh, self._refresh_error = 0.0, None
 
-    def describe(self) -> str:
-        """Safe one-line description: server, auth kind, context."""
-        snap = self._snap
-        auth = snap.auth_kind + (f' "{snap.plugin.name}"' if snap.plugin else "")
-        extra = f", tls-server-name {snap.endpoint.server_hostname}"
-        extra = extra if snap.endpoint.server_hostname else ""
-        return redact(f'{snap.endpoint.server} (context "{snap.context}", auth {auth}{extra})')
-
 
 async def load_credentials(path: Path, *, exec_timeout: float = 10.0) -> Credentials:
     """Load the kubeconfig's current context; CredentialsError names the file and problem.

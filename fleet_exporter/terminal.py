@@ -604,16 +604,3 @@ def cmd_triage(args: argparse.Namespace, out=None) -> int:
             out.write(render_fleet(data, st, total))
     rows = [data] if args.cluster is not None else data["clusters"]
     return 1 if any(r["health"] in ("warning", "critical") for r in rows) else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fleet_exporter.terminal``: the same as ``fleet-exporter triage``."""
-    parser = argparse.ArgumentParser(prog="fleet-exporter")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_subcommand(sub, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    args = parser.parse_args(["triage", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
