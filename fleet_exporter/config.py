@@ -85,9 +85,9 @@ class Settings:
     # Upper bound for one API request, and for its TCP+TLS connect.
     request_timeout: float = 30.0
     connect_timeout: float = 5.0
-    # Concurrent list calls to this cluster's API server. The HTTP layer keeps at most 4
-    # connections per cluster (kube.CONNECTIONS_PER_CLUSTER: lists are CPU-bound here, and
-    # 4 connections list a 2,000-volume cluster as fast as 10), so more would only queue.
+    # Concurrent list calls to this cluster's API server, and the connections its own pool
+    # keeps (the default is knobs.CONNECTIONS_PER_CLUSTER: lists are CPU-bound here, and 4
+    # connections list a 2,000-volume cluster as fast as 10).
     concurrency: int = 4
     # Items per page (``limit``), the byte cap on one response, and the page count cap
     # that stops a server whose ``continue`` tokens never end.
