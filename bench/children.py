@@ -124,8 +124,8 @@ _FREEZER = web.AppKey("bench_freezer", asyncio.Task)
 async def _exporter_child(args: argparse.Namespace) -> None:
     from fleet_exporter.fleet import Fleet
     from fleet_exporter.knobs import limit_heap_fragmentation, settle_heap
-    from fleet_exporter.scheduling import cpu_turns
     from fleet_exporter.limits import raise_file_limit
+    from fleet_exporter.scheduling import cpu_turns
     from fleet_exporter.web.app import create_app
 
     if args.nofile:  # the limits it starts with; then raised as `serve` does
