@@ -172,7 +172,9 @@ async def _scenario(
         await watcher
         await _set_fault(d, faulty, None)
     stats = await d.stats()
-    for _ in range(40):  # quiet again: no refresh left running (a hung one ends by its timeout)
+    # Quiet again: no refresh left running. A hung one ends by its refresh_timeout (60 s),
+    # so wait that long, not less: RSS taken while they run is not "after".
+    for _ in range(140):
         if not stats["refreshing"]:
             break
         await asyncio.sleep(0.5)
