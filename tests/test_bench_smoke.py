@@ -77,6 +77,28 @@ async def test_quick_run_produces_every_figure(tmp_path):
     assert len(zlib.decompress(idat)) == height * (1 + width * 3)
 
 
+@pytest.mark.slow
+async def test_quick_fault_run_measures_every_fault(tmp_path):
+    """``bench faults --quick``: 6 clusters, 2 of them sick with each fault in turn. Every
+    scenario is measured and tabled; whether targets are met is the full run's business,
+    but the healthy clusters' probes must all have answered here too."""
+    from bench import faults
+
+    opts = bench.Options.quick(tmp_path / "results")
+    result = await faults.run(opts, tmp_path, faults.QUICK, faults.FAULTS, lambda msg: None)
+    (size,) = result["sizes"]
+    assert [sc["fault"] for sc in size["scenarios"]] == ["none", *faults.FAULTS]
+    for sc in size["scenarios"]:
+        assert sc["healthy_probes"] > 0 and sc["healthy_ok"] == sc["healthy_probes"], sc
+        assert sc["faulty_answered_in_time"] == sc["faulty_probes"], sc
+        assert sc["peak_rss_mb"] > 0 and sc["budget_mb"] == 128
+    assert size["metrics_polled"]["metrics_gets"] > 0
+    assert size["nofile_1024"]["healthy_ok"] == size["nofile_1024"]["healthy_probes"]
+    rows = faults.table(result)  # a row per scenario, then /metrics and the open-file limit
+    assert len(rows) == 1 + 1 + len(faults.FAULTS) + 2
+    assert all(r[-1] in ("PASS", "FAIL") for r in rows[1:])
+
+
 def test_continue_token_found_in_the_tail():
     page = (
         b'{"apiVersion":"v1","items":[{"metadata":{"continue":"x"}}],'
